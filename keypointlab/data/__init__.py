@@ -1,0 +1,1 @@
+"""Data: image reading, HPatches-format sequences, homographic pairs, augmentation."""

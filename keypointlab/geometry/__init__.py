@@ -1,0 +1,31 @@
+"""Geometry: the one home of homography sampling, warping, resizing and corner error."""
+
+from keypointlab.geometry.homography import (
+    HomographyConfig,
+    InvalidHomographyError,
+    check_homography,
+    corner_error,
+    image_corners,
+    inside_image,
+    resize_scale,
+    sample_homography,
+    scale_homography,
+    warp_image,
+    warp_image_torch,
+    warp_points,
+)
+
+__all__ = [
+    "HomographyConfig",
+    "InvalidHomographyError",
+    "check_homography",
+    "corner_error",
+    "image_corners",
+    "inside_image",
+    "resize_scale",
+    "sample_homography",
+    "scale_homography",
+    "warp_image",
+    "warp_image_torch",
+    "warp_points",
+]
