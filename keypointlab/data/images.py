@@ -23,11 +23,14 @@ class ImageReadError(OSError):
     """An image file that is missing, unreadable, truncated or not an image."""
 
 
-def _looks_truncated(data: bytes, suffix: str) -> bool:
-    """Cheap end-of-stream checks for the formats whose decoders accept truncated files."""
-    if suffix == ".png" or data[:8] == b"\x89PNG\r\n\x1a\n":
+def _looks_truncated(data: bytes) -> bool:
+    """Cheap end-of-stream checks for the formats whose decoders accept truncated files.
+
+    The format is recognised by its signature, as the decoder does, not by the file name.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
         return b"IEND" not in data[-32:]
-    if suffix in (".jpg", ".jpeg") or data[:2] == b"\xff\xd8":
+    if data[:2] == b"\xff\xd8":
         return b"\xff\xd9" not in data.rstrip(b"\x00")[-16:]
     return False
 
@@ -77,7 +80,7 @@ def read_image(path: str | Path) -> np.ndarray:
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None:
         raise ImageReadError(f"{path}: not a readable image")
-    if _looks_truncated(data, path.suffix.lower()):
+    if _looks_truncated(data):
         raise ImageReadError(f"{path}: image file is truncated")
     if decoded.ndim == 3 and decoded.shape[2] >= 3:
         code = cv2.COLOR_BGRA2RGBA if decoded.shape[2] == 4 else cv2.COLOR_BGR2RGB

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
 
 import numpy as np
+import torch
+
+from keypointlab.data.images import read_image, to_rgb_uint8
+
+ImageInput = Union[str, Path, np.ndarray, torch.Tensor]
 
 
 @dataclass
@@ -61,11 +68,42 @@ class Features:
         return Features(kp, self.scores, self.descriptors, image_size)
 
 
+def as_rgb_uint8(image: ImageInput) -> np.ndarray:
+    """Any supported image input as RGB ``uint8`` ``(H, W, 3)``.
+
+    Accepts a file path, a numpy array (grey ``(H, W)``, RGB or RGBA ``(H, W, C)``;
+    uint8, uint16, or float in ``[0, 1]``) or a torch tensor (``(H, W)``, ``(C, H, W)`` or
+    ``(1, C, H, W)``, float in ``[0, 1]`` or uint8).
+    """
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 4:
+            if t.shape[0] != 1:
+                raise ValueError(f"expected one image, got a batch of shape {tuple(t.shape)}")
+            t = t[0]
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        image = t.numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"unsupported image input of type {type(image).__name__}")
+    return to_rgb_uint8(image, f"array of shape {image.shape}")
+
+
 class Extractor(ABC):
-    """Detects and describes keypoints in an RGB ``uint8`` ``(H, W, 3)`` image."""
+    """Detects and describes keypoints; subclasses implement :meth:`_extract`."""
 
     name: str = "extractor"
 
+    def extract(self, image: ImageInput) -> Features:
+        """Features of one image: a path, numpy array or tensor, grey or colour."""
+        return self._extract(as_rgb_uint8(image))
+
+    def extract_path(self, path: str | Path) -> Features:
+        """Features of an image file."""
+        return self._extract(read_image(path))
+
     @abstractmethod
-    def extract(self, image: np.ndarray) -> Features:
-        """Features of one image (RGB uint8, ``(H, W, 3)``)."""
+    def _extract(self, image: np.ndarray) -> Features:
+        """Features of one RGB ``uint8`` ``(H, W, 3)`` image."""

@@ -49,7 +49,7 @@ class OpenCVExtractor(Extractor):
         self.max_keypoints = max_keypoints
         self._detector = factory(max_keypoints)
 
-    def extract(self, image: np.ndarray) -> Features:
+    def _extract(self, image: np.ndarray) -> Features:
         gray = to_gray(image)
         kps, desc = self._detector.detectAndCompute(gray, None)
         size = gray.shape[:2]

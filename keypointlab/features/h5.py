@@ -77,7 +77,7 @@ class FeatureFileExtractor(Extractor):
         """Features stored for ``key`` (keypoints in that image's own pixels)."""
         return read_features(self._h5, key, image_size)
 
-    def extract(self, image: np.ndarray) -> Features:
+    def _extract(self, image: np.ndarray) -> Features:
         raise TypeError("a features file is looked up by image path, not computed from pixels")
 
     def close(self) -> None:

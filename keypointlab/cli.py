@@ -1,0 +1,158 @@
+"""The ``keypointlab`` command line. With no arguments it runs the demo (the main job)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("keypointlab")
+
+# Errors that are the user's input, reported as one line instead of a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, KeyError, ValueError, OSError)
+
+
+def _standard_configs(size: str | None, top_k: int | None) -> list[tuple[str, int]]:
+    """(size, top-k) pairs: the protocol's two by default, else the one asked for."""
+    if size is None:
+        return [("240x320", top_k or 300), ("480x640", top_k or 1000)]
+    if top_k is None:
+        from keypointlab.evaluation.benchmark import parse_size
+
+        hw = parse_size(size)
+        top_k = 1000 if hw is not None and hw[0] * hw[1] >= 480 * 640 else 300
+    return [(size, top_k)]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from keypointlab.data.sequences import load_dataset
+    from keypointlab.evaluation.benchmark import evaluate_features, parse_size
+    from keypointlab.evaluation.report import markdown_table, write_report
+    from keypointlab.features import get_extractor
+    from keypointlab.features.h5 import FeatureFileExtractor
+
+    if not args.features and not args.features_file:
+        raise ValueError("give --features NAME [NAME ...] and/or --features-file FILE")
+    configs = _standard_configs(args.size, args.top_k)
+    for size, _ in configs:
+        parse_size(size)  # fail before any work on a bad size
+    extractors = [get_extractor(name, **_device_kwargs(name, args)) for name in args.features]
+    extractors += [FeatureFileExtractor(f) for f in args.features_file]
+    sequences, skipped = load_dataset(args.data)
+    results = []
+    for extractor in extractors:
+        for size, top_k in configs:
+            results.append(evaluate_features(extractor, sequences, parse_size(size), top_k,
+                                             skipped, progress=not args.quiet))
+    meta = {"data": str(args.data), "sequences": len(sequences)}
+    files = write_report(results, args.out, meta=meta)
+    print(markdown_table(results))
+    for r in results:
+        if r.skipped:
+            print(f"{r.method} @ {r.size}: skipped {len(r.skipped)}:")
+            for s in r.skipped:
+                print(f"  {s.item}: {s.reason}")
+            break
+    print(f"\nreport: {files['markdown']}\nresults: {files['json']}")
+    return 0
+
+
+def _device_kwargs(name: str, args: argparse.Namespace) -> dict:
+    """Learned extractors take a device; OpenCV ones take none."""
+    from keypointlab.features.classical import available_opencv_features
+
+    if name in available_opencv_features():
+        return {}
+    return {"device": getattr(args, "device", "cpu")}
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    from keypointlab.api import draw_matches, estimate, load_extractor, match
+
+    extractor = load_extractor(args.features, **_device_kwargs(args.features, args))
+    f0, f1 = extractor.extract_path(args.image0), extractor.extract_path(args.image1)
+    matches = match(f0, f1, ratio=args.ratio)
+    est = estimate(f0, f1, matches, method=args.estimator)
+    fig = draw_matches(args.image0, args.image1, f0, f1, matches, est)
+    from keypointlab.viz import save_figure
+
+    save_figure(fig, args.out)
+    print(f"{len(f0)} / {len(f1)} keypoints, {len(matches)} matches, "
+          f"{est.num_inliers} inliers ({'H found' if est.success else est.reason})")
+    if est.success:
+        print("H_0to1 =\n" + "\n".join(" ".join(f"{v: .6g}" for v in row) for row in est.H))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from keypointlab.demo import run_demo
+
+    run_demo(args.out, features=args.features, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keypointlab",
+        description="Learn, evaluate and use local image features. "
+        "With no command, runs the demo benchmark.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("demo", help="sample benchmark of the available features (default)")
+    p.add_argument("--out", type=Path, default=Path("keypointlab-report"))
+    p.add_argument("--features", nargs="+", default=None,
+                   help="features to compare (default: shipped models, SIFT, ORB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="evaluate features on sequences with ground truth")
+    p.add_argument("--data", type=Path, required=True, help="folder of HPatches-format sequences")
+    p.add_argument("--features", nargs="+", default=[], help="feature names, e.g. sift orb")
+    p.add_argument("--features-file", nargs="+", default=[], type=Path,
+                   help="HDF5 file(s) of precomputed features, one group per image path")
+    p.add_argument("--size", default=None,
+                   help="HEIGHTxWIDTH or 'original' (default: 240x320 and 480x640)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="keypoints kept per image (default 300, or 1000 at 480x640 and above)")
+    p.add_argument("--out", type=Path, default=Path("eval-report"))
+    p.add_argument("--device", default="cpu", help="torch device for learned features")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("match", help="match two images and draw the inlier matches")
+    p.add_argument("image0", type=Path)
+    p.add_argument("image1", type=Path)
+    p.add_argument("--features", default="sift")
+    p.add_argument("--out", type=Path, default=Path("matches.png"))
+    p.add_argument("--estimator", default="ransac", choices=["ransac", "magsac", "lmeds"])
+    p.add_argument("--ratio", type=float, default=None, help="Lowe ratio test (e.g. 0.8)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_match)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        args = parser.parse_args(["demo", *(argv or [])])
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        if args.verbose:
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"keypointlab: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

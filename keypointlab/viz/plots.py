@@ -1,0 +1,119 @@
+"""Figures for reports: MMA curves, per-sequence bars and match pictures.
+
+Built with :class:`matplotlib.figure.Figure` directly, so no GUI backend or global pyplot
+state is involved.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from keypointlab.geometry import image_corners, warp_points
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    os.replace(tmp, path)
+    return path
+
+
+def mma_figure(curves: dict[str, dict[str, Sequence[float]]], title: str = "") -> Figure:
+    """MMA against the pixel threshold, one panel per split.
+
+    Args:
+        curves: split name -> {label: MMA values at thresholds 1..10}.
+    """
+    splits = list(curves)
+    fig = Figure(figsize=(4.2 * len(splits), 3.6))
+    axes = fig.subplots(1, len(splits), squeeze=False)[0]
+    for ax, split in zip(axes, splits, strict=True):
+        for label, values in curves[split].items():
+            ax.plot(range(1, len(values) + 1), values, marker="o", ms=3, label=label)
+        ax.set_title(split)
+        ax.set_xlabel("threshold [px]")
+        ax.set_ylim(0, 1)
+        ax.set_xlim(1, 10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean matching accuracy")
+    axes[-1].legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def sequence_bars_figure(values: dict[str, dict[str, float]], metric: str) -> Figure:
+    """Grouped bars of ``metric`` per sequence.
+
+    Args:
+        values: label (method) -> {sequence: value}.
+    """
+    labels = list(values)
+    seqs = sorted({s for v in values.values() for s in v})
+    fig = Figure(figsize=(max(5.0, 0.9 * len(seqs) * max(1, len(labels)) / 2 + 2), 3.4))
+    ax = fig.subplots()
+    width = 0.8 / max(len(labels), 1)
+    x = np.arange(len(seqs))
+    for k, label in enumerate(labels):
+        ax.bar(x + k * width - 0.4 + width / 2, [values[label].get(s, 0.0) for s in seqs],
+               width, label=label)
+    ax.set_xticks(x, seqs, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def matches_figure(
+    image0: np.ndarray,
+    image1: np.ndarray,
+    points0: np.ndarray,
+    points1: np.ndarray,
+    inliers: np.ndarray | None = None,
+    H_0to1: np.ndarray | None = None,
+    title: str = "",
+    max_lines: int = 300,
+) -> Figure:
+    """Two images side by side with match lines (inliers green, outliers red).
+
+    Args:
+        image0, image1: RGB or grey images.
+        points0, points1: ``(M, 2)`` matched xy coordinates.
+        inliers: ``(M,)`` boolean mask; all matches drawn as inliers when None.
+        H_0to1: if given, image 0's outline warped by it is drawn on image 1.
+    """
+    h0, w0 = image0.shape[:2]
+    h1, w1 = image1.shape[:2]
+    canvas = np.zeros((max(h0, h1), w0 + w1, 3), dtype=np.uint8)
+    for img, off in ((image0, 0), (image1, w0)):
+        rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+        canvas[: img.shape[0], off: off + img.shape[1]] = rgb
+    fig = Figure(figsize=(10, 10 * canvas.shape[0] / canvas.shape[1] + 0.5))
+    ax = fig.subplots()
+    ax.imshow(canvas)
+    ax.axis("off")
+    m = len(points0)
+    inl = np.ones(m, dtype=bool) if inliers is None else np.asarray(inliers, dtype=bool)
+    order = np.argsort(inl, kind="stable")  # outliers first, inliers drawn on top
+    if m > max_lines:
+        order = order[np.linspace(0, m - 1, max_lines).astype(int)]
+    for i in order:
+        color = "lime" if inl[i] else "red"
+        ax.plot([points0[i, 0], points1[i, 0] + w0], [points0[i, 1], points1[i, 1]],
+                color=color, lw=0.6, alpha=0.8)
+    ax.scatter(points0[:, 0], points0[:, 1], s=2, c="yellow")
+    ax.scatter(points1[:, 0] + w0, points1[:, 1], s=2, c="yellow")
+    if H_0to1 is not None:
+        c = warp_points(image_corners((h0, w0))[[0, 1, 3, 2, 0]], H_0to1)
+        ax.plot(c[:, 0] + w0, c[:, 1], color="cyan", lw=1.5)
+    ax.set_title(title or f"{int(inl.sum())} inliers / {m} matches", fontsize=10)
+    return fig
