@@ -101,6 +101,17 @@ def test_repeatability_top_k_by_score_ties_keep_order():
     assert r.localization_error == 0.0
 
 
+def test_top_k_ties_keep_extractor_order_many_points():
+    # enough points for numpy's default (unstable) sort to reorder ties
+    scores = np.random.default_rng(0).integers(0, 3, 300).astype(np.float64)
+    kp = np.stack([np.arange(300.0), np.zeros(300)], axis=1)
+    f = Features(kp, scores, np.zeros((300, 2), np.float32), SIZE)
+    expected = np.concatenate([np.flatnonzero(scores == v) for v in (2, 1, 0)])
+    np.testing.assert_array_equal(f.top_k(150).keypoints[:, 0], expected[:150])
+    np.testing.assert_array_equal(f.top_k(None).keypoints[:, 0], expected)
+    np.testing.assert_array_equal(f.top_k(1000).keypoints[:, 0], expected)
+
+
 def test_repeatability_visibility_before_top_k():
     H = shift(50)
     # the best point of image 1 is not visible in image 2; top-1 must take the next one

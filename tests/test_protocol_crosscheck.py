@@ -191,6 +191,7 @@ def oxford_original(tmp_path_factory):
     return evaluate_both(data_dir, h5_path, top_k=300)
 
 
+@pytest.mark.slow
 def test_crosscheck_oxford_original(oxford_original):
     ours, ref = oxford_original
     assert len(ours.pairs) == 20
@@ -228,10 +229,12 @@ def _assert_figures(summary: dict, size: str) -> None:
         assert summary[key] == pytest.approx(value, abs=5e-4), (size, key, summary[key])
 
 
+@pytest.mark.slow
 def test_protocol_figures_original(oxford_original):
     _assert_figures(oxford_original[0].summary(), "original")
 
 
+@pytest.mark.slow
 def test_protocol_figures_240x320(tmp_path):
     """SIFT at 240x320, top-300 on the shared Oxford data gives PROTOCOL.md's figures.
 

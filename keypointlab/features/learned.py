@@ -1,0 +1,61 @@
+"""Learned dense extractors (KP2D, UnsuperPoint, ...) behind the :class:`Extractor` interface.
+
+A dense network maps an image to per-cell ``scores`` ``(B, 1, Hc, Wc)``, pixel
+``keypoints`` ``(B, 2, Hc, Wc)`` and a ``descriptors`` map; the extractor pads the image to
+the network's stride, keeps the keypoints inside the real image, samples and normalises
+their descriptors and returns the best ``max_keypoints`` by score.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from keypointlab.features.base import Extractor, Features
+from keypointlab.geometry.keypoints import sample_descriptors
+
+
+class DenseExtractor(Extractor):
+    """Runs a dense keypoint network on one image.
+
+    Args:
+        net: module returning ``scores``, ``keypoints`` and ``descriptors`` (see above).
+        name: the name reported in results.
+        max_keypoints: keypoints kept per image (by score).
+        stride: the network's cell size; images are padded to a multiple of it.
+        device: torch device to run on (the caller's choice).
+        min_size: smaller images are rejected with a clear error.
+    """
+
+    def __init__(self, net: nn.Module, name: str = "learned", max_keypoints: int = 2000,
+                 stride: int = 8, device: str | torch.device = "cpu", min_size: int = 16) -> None:
+        self.net = net.to(device).eval()
+        self.name = name
+        self.max_keypoints = max_keypoints
+        self.stride = stride
+        self.device = torch.device(device)
+        self.min_size = min_size
+
+    @torch.inference_mode()
+    def _extract(self, image: np.ndarray) -> Features:
+        h, w = image.shape[:2]
+        if h < self.min_size or w < self.min_size:
+            raise ValueError(
+                f"image of size {h}x{w} is smaller than {self.min_size} pixels on a side")
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        x = x.permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        ph, pw = (-h) % self.stride, (-w) % self.stride
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        out = self.net({"image": x})
+        kp = out["keypoints"][0].flatten(1).T  # (N, 2)
+        scores = out["scores"][0].flatten()
+        inside = (kp[:, 0] <= w - 1) & (kp[:, 1] <= h - 1)
+        kp, scores = kp[inside], scores[inside]
+        order = torch.argsort(scores, descending=True, stable=True)[: self.max_keypoints]
+        kp, scores = kp[order], scores[order]
+        desc = sample_descriptors(out["descriptors"], kp[None], tuple(x.shape[-2:]))[0]
+        return Features(kp.double().cpu().numpy(), scores.double().cpu().numpy(),
+                        desc.float().cpu().numpy(), (h, w))

@@ -1,0 +1,1 @@
+"""Learned models, one file per architecture, sharing :class:`BaseModel`."""

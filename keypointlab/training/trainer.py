@@ -1,0 +1,275 @@
+"""The trainer shared by every method: build, step, validate, checkpoint, resume.
+
+Runs single-process on CPU or CUDA, or multi-process under ``torchrun`` with
+DistributedDataParallel (gloo on CPU, nccl on CUDA). Batches are a pure function of the
+sample index (see :mod:`keypointlab.data.pairs`), so a run resumed from a checkpoint
+continues exactly where that checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from keypointlab.config import load_yaml, merge, parse_overrides
+from keypointlab.data.augment import Photometric
+from keypointlab.data.pairs import HomographicPairs, IndexSampler, load_image_cache
+from keypointlab.training.checkpoint import load_latest, save_checkpoint
+from keypointlab.training.methods import TrainStep, get_method
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "method": "kp2d",
+    "model": {},  # checked by the model's own default_conf
+    "loss": {},  # checked by the method's loss defaults
+    "data": {
+        "train": "../shared/data/train",
+        "size": [120, 160],
+        "max_side": 320,
+        "homography": {},  # HomographyConfig fields
+        "photometric": {"primitives": ["brightness", "contrast", "gaussian_noise", "speckle",
+                                       "shading", "motion_blur"], "prob": 0.5},
+        "workers": 1,
+    },
+    "train": {
+        "seed": 0,
+        "batch_size": 8,
+        "lr": 0.001,
+        "weight_decay": 0.0,
+        "steps": 5000,
+        "max_minutes": 0.0,  # stop after this much training time (0: no limit)
+        "lr_decay_steps": 0,  # halve the learning rate every N steps (0: never)
+        "checkpoint_every": 200,
+        "keep_checkpoints": 3,
+        "log_every": 10,
+        "validate_every": 0,  # steps between validations (0: never)
+        "overfit": False,  # repeat the first batch (debugging)
+        "out": "runs/train",
+        "device": "cpu",
+        "grad_clip": 0.0,
+    },
+    "eval": {"data": "../shared/data/eval", "size": [240, 320], "top_k": 300},
+}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Defaults, then the YAML file (with its ``base:`` chain), then ``key=value`` overrides;
+    unknown keys anywhere raise :class:`ConfigError` naming the key."""
+    conf = merge(DEFAULT_CONFIG, load_yaml(path) if path else {})
+    conf = merge(conf, parse_overrides(overrides or []))
+    method = get_method(conf["method"])
+    conf["model"] = merge(method.model_cls.default_conf, conf["model"], "model.")
+    conf["loss"] = merge(method.loss_defaults, conf["loss"], "loss.")
+    return conf
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Initialise the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+    rank, world = _dist_info()
+    return rank, world, dev
+
+
+class Trainer:
+    """Builds everything from a config and runs the loop.
+
+    Attributes written under ``train.out``: ``config.json``, checkpoints
+    ``ckpt_<step>.pt``, ``log.jsonl`` (losses), ``validation.jsonl`` (protocol metrics
+    against training minutes) and TensorBoard scalars.
+    """
+
+    def __init__(self, conf: dict[str, Any], resume: bool = False, progress: bool = True) -> None:
+        self.conf = conf
+        t = conf["train"]
+        self.rank, self.world, self.device = setup_distributed(t["device"])
+        self.out = Path(t["out"])
+        self.progress = progress and self.rank == 0
+        torch.manual_seed(t["seed"])
+        self.method = get_method(conf["method"])
+        self.step_module: TrainStep = self.method.build(conf["model"], conf["loss"]).to(self.device)
+        self.optimizer = torch.optim.Adam(self.step_module.parameters(), lr=t["lr"],
+                                          weight_decay=t["weight_decay"])
+        self.step = 0
+        self.train_seconds = 0.0
+        if resume:
+            self._resume()
+        self.ddp = self.step_module
+        if self.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.step_module)
+        self._writer = None
+
+    # -- build ------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        d, t = self.conf["data"], self.conf["train"]
+        images = load_image_cache(d["train"], d["max_side"], progress=self.progress)
+        photometric = Photometric(**d["photometric"]) if d["photometric"] else None
+        dataset = HomographicPairs(images, tuple(d["size"]), d["homography"], photometric,
+                                   seed=t["seed"])
+        bs = t["batch_size"]
+        if t["overfit"]:
+            sampler = [i * self.world + self.rank for i in range(bs)] * t["steps"]
+            sampler = sampler[self.step * bs:]
+        else:
+            sampler = IndexSampler(self.step * bs, t["steps"] * bs, self.rank, self.world)
+        return DataLoader(dataset, batch_size=bs, sampler=sampler, num_workers=d["workers"],
+                          persistent_workers=False, drop_last=True)
+
+    # -- checkpoints ----------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "method": self.conf["method"],
+            "config": json.loads(json.dumps(self.conf)),
+            "model": self.step_module.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        t = self.conf["train"]
+        return save_checkpoint(self._state(), self.out, self.step, t["keep_checkpoints"])
+
+    def _resume(self) -> None:
+        found = load_latest(self.out, expected_method=self.conf["method"])
+        if found is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.out)
+            return
+        path, state = found
+        self.step_module.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.train_seconds = float(state["train_seconds"])
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    # -- logging ----------------------------------------------------------------
+    def _log(self, name: str, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / name, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out / "tb"))
+            except ImportError:
+                self._writer = False
+        if self._writer:
+            prefix = name.split(".")[0]
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._writer.add_scalar(f"{prefix}/{k}", v, record["step"])
+
+    # -- the loop -----------------------------------------------------------------
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One optimisation step; returns the losses and metrics as floats."""
+        self.ddp.train()
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        losses, metrics = self.ddp(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        clip = self.conf["train"]["grad_clip"]
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.step_module.parameters(), clip)
+        self.optimizer.step()
+        return {**{k: float(v) for k, v in losses.items()},
+                **{k: float(v) for k, v in metrics.items()}}
+
+    def _adjust_lr(self) -> None:
+        t = self.conf["train"]
+        if t["lr_decay_steps"] > 0:
+            lr = t["lr"] * 0.5 ** (self.step // t["lr_decay_steps"])
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+
+    def validate(self) -> dict[str, Any]:
+        """Protocol metrics of the current model on ``eval.data`` (rank 0 only)."""
+        from keypointlab.data.sequences import load_dataset
+        from keypointlab.evaluation.benchmark import evaluate_features
+        from keypointlab.features.learned import DenseExtractor
+
+        e = self.conf["eval"]
+        sequences, _ = load_dataset(e["data"])
+        net = self.method.dense_net(self.step_module.model)
+        extractor = DenseExtractor(net, self.conf["method"], device=self.device)
+        result = evaluate_features(extractor, sequences, tuple(e["size"]), e["top_k"],
+                                   progress=False)
+        net.train()
+        s = result.summary()
+        record = {"step": self.step, "train_minutes": self.train_seconds / 60,
+                  **{k: v for k, v in s.items() if k != "mma"}}
+        self._log("validation.jsonl", record)
+        return record
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``train.steps`` or ``train.max_minutes``; returns the last log record."""
+        t = self.conf["train"]
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(self.conf, indent=1))
+        loader = self._loader()
+        bar = tqdm(total=t["steps"], initial=self.step, desc=self.conf["method"],
+                   disable=not self.progress)
+        record: dict[str, Any] = {}
+        for batch in loader:
+            self._adjust_lr()
+            start = time.perf_counter()
+            values = self.train_step(batch)
+            self.train_seconds += time.perf_counter() - start
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['total']:.3f}")
+            record = {"step": self.step, "train_minutes": self.train_seconds / 60, **values}
+            if self.step % t["log_every"] == 0:
+                self._log("log.jsonl", record)
+            if self.step % t["checkpoint_every"] == 0:
+                self.save()
+            if t["validate_every"] and self.step % t["validate_every"] == 0 and self.rank == 0:
+                logger.info("validation at step %d: %s", self.step, self.validate())
+            if t["max_minutes"] and self.train_seconds >= 60 * t["max_minutes"]:
+                break
+        bar.close()
+        self.save()
+        if self._writer:
+            self._writer.close()
+        return record
+
+
+def train(config_path: str | Path | None, overrides: list[str] | None = None,
+          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Load a config, train, and return the last log record (``keypointlab train``)."""
+    conf = load_config(config_path, overrides)
+    trainer = Trainer(conf, resume=resume, progress=progress)
+    try:
+        return trainer.fit()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
