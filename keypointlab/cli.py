@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -38,14 +39,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     configs = _standard_configs(args.size, args.top_k)
     for size, _ in configs:
         parse_size(size)  # fail before any work on a bad size
-    extractors = [get_extractor(name, **_device_kwargs(name, args)) for name in args.features]
+    extractors = [get_extractor(name, device=args.device) for name in args.features]
     extractors += [FeatureFileExtractor(f) for f in args.features_file]
     sequences, skipped = load_dataset(args.data)
     results = []
     for extractor in extractors:
         for size, top_k in configs:
-            results.append(evaluate_features(extractor, sequences, parse_size(size), top_k,
-                                             skipped, progress=not args.quiet))
+            results.append(
+                evaluate_features(
+                    extractor, sequences, parse_size(size), top_k, skipped, progress=not args.quiet
+                )
+            )
     meta = {"data": str(args.data), "sequences": len(sequences)}
     files = write_report(results, args.out, meta=meta)
     print(markdown_table(results))
@@ -59,19 +63,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_kwargs(name: str, args: argparse.Namespace) -> dict:
-    """Learned extractors take a device; OpenCV ones take none."""
-    from keypointlab.features.classical import available_opencv_features
-
-    if name in available_opencv_features():
-        return {}
-    return {"device": getattr(args, "device", "cpu")}
-
-
 def cmd_match(args: argparse.Namespace) -> int:
     from keypointlab.api import draw_matches, estimate, load_extractor, match
 
-    extractor = load_extractor(args.features, **_device_kwargs(args.features, args))
+    extractor = load_extractor(args.features, device=args.device)
     f0, f1 = extractor.extract_path(args.image0), extractor.extract_path(args.image1)
     matches = match(f0, f1, ratio=args.ratio)
     est = estimate(f0, f1, matches, method=args.estimator)
@@ -79,11 +74,43 @@ def cmd_match(args: argparse.Namespace) -> int:
     from keypointlab.viz import save_figure
 
     save_figure(fig, args.out)
-    print(f"{len(f0)} / {len(f1)} keypoints, {len(matches)} matches, "
-          f"{est.num_inliers} inliers ({'H found' if est.success else est.reason})")
+    print(
+        f"{len(f0)} / {len(f1)} keypoints, {len(matches)} matches, "
+        f"{est.num_inliers} inliers ({'H found' if est.success else est.reason})"
+    )
     if est.success:
         print("H_0to1 =\n" + "\n".join(" ".join(f"{v: .6g}" for v in row) for row in est.H))
     print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from keypointlab.training.trainer import train
+
+    record = train(args.config, args.overrides, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(record, indent=1))
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from keypointlab.features import get_extractor
+    from keypointlab.features.export import extract_folder
+
+    extractor = get_extractor(args.features, device=args.device)
+    report = extract_folder(
+        extractor,
+        args.images,
+        args.out,
+        max_keypoints=args.max_keypoints,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    print(
+        f"{report.written} images written, {report.reused} already done, "
+        f"{len(report.skipped)} skipped -> {args.out}"
+    )
+    for path, reason in report.skipped:
+        print(f"  skipped {path}: {reason}")
     return 0
 
 
@@ -105,24 +132,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="sample benchmark of the available features (default)")
     p.add_argument("--out", type=Path, default=Path("keypointlab-report"))
-    p.add_argument("--features", nargs="+", default=None,
-                   help="features to compare (default: shipped models, SIFT, ORB)")
+    p.add_argument(
+        "--features",
+        nargs="+",
+        default=None,
+        help="features to compare (default: shipped models, SIFT, ORB)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="evaluate features on sequences with ground truth")
     p.add_argument("--data", type=Path, required=True, help="folder of HPatches-format sequences")
     p.add_argument("--features", nargs="+", default=[], help="feature names, e.g. sift orb")
-    p.add_argument("--features-file", nargs="+", default=[], type=Path,
-                   help="HDF5 file(s) of precomputed features, one group per image path")
-    p.add_argument("--size", default=None,
-                   help="HEIGHTxWIDTH or 'original' (default: 240x320 and 480x640)")
-    p.add_argument("--top-k", type=int, default=None,
-                   help="keypoints kept per image (default 300, or 1000 at 480x640 and above)")
+    p.add_argument(
+        "--features-file",
+        nargs="+",
+        default=[],
+        type=Path,
+        help="HDF5 file(s) of precomputed features, one group per image path",
+    )
+    p.add_argument(
+        "--size", default=None, help="HEIGHTxWIDTH or 'original' (default: 240x320 and 480x640)"
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="keypoints kept per image (default 300, or 1000 at 480x640 and above)",
+    )
     p.add_argument("--out", type=Path, default=Path("eval-report"))
     p.add_argument("--device", default="cpu", help="torch device for learned features")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a method from a YAML config")
+    p.add_argument("config", type=Path, help="e.g. keypointlab/configs/kp2d.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("extract", help="extract features of a folder of images to HDF5")
+    p.add_argument("images", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="output .h5 (hloc layout)")
+    p.add_argument("--features", default="sift", help="feature name or checkpoint path")
+    p.add_argument("--max-keypoints", type=int, default=2000)
+    p.add_argument("--resume", action="store_true", help="keep images already extracted")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("match", help="match two images and draw the inlier matches")
     p.add_argument("image0", type=Path)
@@ -140,8 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     if args.command is None:
         args = parser.parse_args(["demo", *(argv or [])])
     try:

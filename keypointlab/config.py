@@ -30,8 +30,7 @@ def _check_type(key: str, default: Any, value: Any) -> Any:
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, (int, float, str)) and not isinstance(value, type(default)):
-        raise ConfigError(
-            f"config key {key!r}: expected {type(default).__name__}, got {value!r}")
+        raise ConfigError(f"config key {key!r}: expected {type(default).__name__}, got {value!r}")
     if isinstance(default, (list, tuple)) and not isinstance(value, (list, tuple)):
         raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
     return value
@@ -76,7 +75,9 @@ def deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict update without any checking (for layering config files)."""
     out = copy.deepcopy(base)
     for k, v in update.items():
-        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 

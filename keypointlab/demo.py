@@ -28,8 +28,11 @@ def default_features() -> list[str]:
     return learned + ["sift", "orb"]
 
 
-def run_demo(out_dir: str | Path = "keypointlab-report", features: list[str] | None = None,
-             progress: bool = True) -> Path:
+def run_demo(
+    out_dir: str | Path = "keypointlab-report",
+    features: list[str] | None = None,
+    progress: bool = True,
+) -> Path:
     """Build the sample benchmark, evaluate ``features`` on it and write the report.
 
     Returns:
@@ -61,10 +64,18 @@ def run_demo(out_dir: str | Path = "keypointlab-report", features: list[str] | N
             rel = f"matches/{ex.name}_{seq_name}_1-{n}.png"
             save_figure(fig, out / rel)
             pictures.append(f"![{ex.name} {seq_name}]({rel})")
-    meta = {"data": "scikit-image sample benchmark (seed 0)", "sequences": len(sequences),
-            "pairs": sum(len(s.pairs()) for s in sequences)}
-    files = write_report(results, out, title="KeypointLab demo: sample benchmark", meta=meta,
-                         extra_markdown="\n".join(pictures))
+    meta = {
+        "data": "scikit-image sample benchmark (seed 0)",
+        "sequences": len(sequences),
+        "pairs": sum(len(s.pairs()) for s in sequences),
+    }
+    files = write_report(
+        results,
+        out,
+        title="KeypointLab demo: sample benchmark",
+        meta=meta,
+        extra_markdown="\n".join(pictures),
+    )
     from keypointlab.evaluation.report import markdown_table
 
     print(markdown_table(results))

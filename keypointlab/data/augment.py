@@ -21,14 +21,17 @@ def brightness(image: np.ndarray, rng: np.random.Generator, max_delta: float = 5
     return np.clip(image + rng.uniform(-max_delta, max_delta), 0, 255)
 
 
-def contrast(image: np.ndarray, rng: np.random.Generator,
-             strength: tuple[float, float] = (0.5, 1.5)) -> np.ndarray:
+def contrast(
+    image: np.ndarray, rng: np.random.Generator, strength: tuple[float, float] = (0.5, 1.5)
+) -> np.ndarray:
     """Scale deviations from the mean by a factor in ``strength``."""
     mean = image.mean()
     return np.clip((image - mean) * rng.uniform(*strength) + mean, 0, 255)
 
 
-def gaussian_noise(image: np.ndarray, rng: np.random.Generator, max_std: float = 10.0) -> np.ndarray:
+def gaussian_noise(
+    image: np.ndarray, rng: np.random.Generator, max_std: float = 10.0
+) -> np.ndarray:
     """Additive Gaussian noise with std uniform in ``[0, max_std]``."""
     return np.clip(image + rng.normal(0, rng.uniform(0, max_std), image.shape), 0, 255)
 
@@ -43,8 +46,13 @@ def speckle(image: np.ndarray, rng: np.random.Generator, prob: float = 0.005) ->
     return out
 
 
-def shading(image: np.ndarray, rng: np.random.Generator, max_strength: float = 0.5,
-            n_ellipses: int = 15, kernel: tuple[int, int] = (100, 150)) -> np.ndarray:
+def shading(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    max_strength: float = 0.5,
+    n_ellipses: int = 15,
+    kernel: tuple[int, int] = (100, 150),
+) -> np.ndarray:
     """Multiply by a smooth random shadow made of blurred ellipses (SuperPoint's shade)."""
     h, w = image.shape[:2]
     mask = np.zeros((h, w), np.uint8)

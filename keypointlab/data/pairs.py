@@ -48,8 +48,13 @@ def load_image_cache(root: str | Path, max_side: int, progress: bool = True) -> 
     """
     paths = list_images(root)
     images = []
-    for path, image, _ in tqdm(read_images(paths), total=len(paths), desc="loading images",
-                               disable=not progress, leave=False):
+    for _path, image, _ in tqdm(
+        read_images(paths),
+        total=len(paths),
+        desc="loading images",
+        disable=not progress,
+        leave=False,
+    ):
         if image is None:
             continue
         h, w = image.shape[:2]
@@ -59,13 +64,18 @@ def load_image_cache(root: str | Path, max_side: int, progress: bool = True) -> 
         images.append(image)
     if not images:
         raise FileNotFoundError(f"{root}: no readable image found")
-    logger.info("loaded %d training images from %s (%d skipped)", len(images), root,
-                len(paths) - len(images))
+    logger.info(
+        "loaded %d training images from %s (%d skipped)",
+        len(images),
+        root,
+        len(paths) - len(images),
+    )
     return images
 
 
-def random_crop(image: np.ndarray, size: tuple[int, int], rng: np.random.Generator,
-                min_scale: float = 0.6) -> np.ndarray:
+def random_crop(
+    image: np.ndarray, size: tuple[int, int], rng: np.random.Generator, min_scale: float = 0.6
+) -> np.ndarray:
     """A random crop with the aspect of ``size`` covering ``[min_scale, 1]`` of the largest
     such crop, resized to ``size = (h, w)``."""
     h, w = image.shape[:2]
@@ -75,7 +85,7 @@ def random_crop(image: np.ndarray, size: tuple[int, int], rng: np.random.Generat
     ch, cw = max(1, int(th * s)), max(1, int(tw * s))
     y0 = int(rng.integers(0, h - ch + 1))
     x0 = int(rng.integers(0, w - cw + 1))
-    crop = image[y0: y0 + ch, x0: x0 + cw]
+    crop = image[y0 : y0 + ch, x0 : x0 + cw]
     interp = cv2.INTER_AREA if ch > th else cv2.INTER_LINEAR
     return cv2.resize(crop, (tw, th), interpolation=interp)
 
@@ -100,10 +110,15 @@ class HomographicPairs(Dataset):
     ``H_0to1`` float32 ``(3, 3)``.
     """
 
-    def __init__(self, images: list[np.ndarray], size: tuple[int, int] = (120, 160),
-                 homography: dict | HomographyConfig | None = None,
-                 photometric: Photometric | None = None, seed: int = 0,
-                 length: int = 10**9) -> None:
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        size: tuple[int, int] = (120, 160),
+        homography: dict | HomographyConfig | None = None,
+        photometric: Photometric | None = None,
+        seed: int = 0,
+        length: int = 10**9,
+    ) -> None:
         if not images:
             raise ValueError("HomographicPairs needs at least one image")
         self.images = images
@@ -124,8 +139,11 @@ class HomographicPairs(Dataset):
         view1 = warp_image(view0, H, self.size)
         if self.photometric is not None:
             view0, view1 = self.photometric(view0, rng), self.photometric(view1, rng)
-        return {"image0": to_tensor(view0), "image1": to_tensor(view1),
-                "H_0to1": torch.from_numpy(H.astype(np.float32))}
+        return {
+            "image0": to_tensor(view0),
+            "image1": to_tensor(view1),
+            "H_0to1": torch.from_numpy(H.astype(np.float32)),
+        }
 
 
 class IndexSampler(Sampler[int]):

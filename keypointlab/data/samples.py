@@ -20,12 +20,22 @@ from keypointlab.geometry import HomographyConfig, sample_homography, warp_image
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_PHOTOS = ("astronaut", "coffee", "rocket", "camera", "stereo_motorcycle",
-                 "immunohistochemistry")
+SAMPLE_PHOTOS = (
+    "astronaut",
+    "coffee",
+    "rocket",
+    "camera",
+    "stereo_motorcycle",
+    "immunohistochemistry",
+)
 SAMPLE_SIZE = (480, 640)
-VIEWPOINT = HomographyConfig(patch_ratio=0.75, perspective_amplitude_x=0.15,
-                             perspective_amplitude_y=0.15, scaling_amplitude=0.2,
-                             max_angle=np.pi / 8)
+VIEWPOINT = HomographyConfig(
+    patch_ratio=0.75,
+    perspective_amplitude_x=0.15,
+    perspective_amplitude_y=0.15,
+    scaling_amplitude=0.2,
+    max_angle=np.pi / 8,
+)
 
 
 def sample_photo(name: str, size: tuple[int, int] = SAMPLE_SIZE) -> np.ndarray:
@@ -42,7 +52,7 @@ def sample_photo(name: str, size: tuple[int, int] = SAMPLE_SIZE) -> np.ndarray:
     scale = max(th / h, tw / w)
     ch, cw = int(round(th / scale)), int(round(tw / scale))
     y0, x0 = (h - ch) // 2, (w - cw) // 2
-    crop = image[y0: y0 + ch, x0: x0 + cw]
+    crop = image[y0 : y0 + ch, x0 : x0 + cw]
     return cv2.resize(crop, (tw, th), interpolation=cv2.INTER_AREA)
 
 
@@ -69,8 +79,9 @@ def build_sample_benchmark(
     marker = out / f".complete-seed{seed}-{len(photos)}"
     if marker.exists():
         return out
-    strong = Photometric(prob=0.9, primitives=["brightness", "contrast", "shading",
-                                               "gaussian_noise"])
+    strong = Photometric(
+        prob=0.9, primitives=["brightness", "contrast", "shading", "gaussian_noise"]
+    )
     mild = Photometric(prob=0.3, primitives=["brightness", "contrast", "gaussian_noise"])
     for k, name in enumerate(tqdm(photos, desc="sample benchmark", disable=not progress)):
         rng = np.random.default_rng([seed, k])

@@ -102,9 +102,7 @@ def load_sequence(folder: Path, root: Path) -> tuple[Sequence | None, list[Skipp
     for n in range(2, N_IMAGES + 1):
         if n not in images:
             continue
-        hfile = next(
-            (p for p in (folder / f"H_1_{n}", folder / f"H1to{n}p") if p.is_file()), None
-        )
+        hfile = next((p for p in (folder / f"H_1_{n}", folder / f"H1to{n}p") if p.is_file()), None)
         if hfile is None:
             skipped.append(Skipped(f"{name} 1-{n}", f"no homography file H_1_{n} or H1to{n}p"))
             continue
@@ -130,8 +128,10 @@ def load_dataset(root: str | Path) -> tuple[list[Sequence], list[Skipped]]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such dataset folder")
-    folders = [root] if _is_sequence_folder(root) else sorted(
-        d for d in root.rglob("*") if d.is_dir() and _is_sequence_folder(d)
+    folders = (
+        [root]
+        if _is_sequence_folder(root)
+        else sorted(d for d in root.rglob("*") if d.is_dir() and _is_sequence_folder(d))
     )
     if not folders:
         raise FileNotFoundError(

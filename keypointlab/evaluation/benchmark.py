@@ -106,7 +106,9 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError as exc:
-        raise ValueError(f"size {text!r}: expected HEIGHTxWIDTH such as 240x320, or 'original'") from exc
+        raise ValueError(
+            f"size {text!r}: expected HEIGHTxWIDTH such as 240x320, or 'original'"
+        ) from exc
     if h < 16 or w < 16:
         raise ValueError(f"size {text!r}: each side must be at least 16 pixels")
     return h, w
@@ -119,8 +121,13 @@ def size_label(size: tuple[int, int] | None) -> str:
 class _SequenceFeatures:
     """Loads, resizes and extracts the images of one sequence, timing the extraction."""
 
-    def __init__(self, extractor: Extractor, seq: Sequence, size: tuple[int, int] | None,
-                 result: BenchmarkResult) -> None:
+    def __init__(
+        self,
+        extractor: Extractor,
+        seq: Sequence,
+        size: tuple[int, int] | None,
+        result: BenchmarkResult,
+    ) -> None:
         self.extractor, self.seq, self.size, self.result = extractor, seq, size, result
         self.features: dict[int, Features] = {}
         self.scales: dict[int, tuple[float, float]] = {}
@@ -183,8 +190,12 @@ def evaluate_features(
     """
     result = BenchmarkResult(extractor.name, size_label(size), top_k, skipped=list(skipped or []))
     n_pairs = sum(len(s.pairs()) for s in sequences)
-    bar = tqdm(total=n_pairs, desc=f"{extractor.name} @ {size_label(size)}", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        total=n_pairs,
+        desc=f"{extractor.name} @ {size_label(size)}",
+        disable=not progress,
+        leave=False,
+    )
     for seq in sequences:
         feats = _SequenceFeatures(extractor, seq, size, result)
         for a, b in seq.pairs():

@@ -115,8 +115,9 @@ def matching_score(
     H_inv = np.linalg.inv(H)
 
     def one_way(a: Features, b: Features, H_b_to_a: np.ndarray) -> float:
-        nn = match_nn(a.descriptors.astype(np.float64), b.descriptors.astype(np.float64),
-                      mutual=False).numpy()
+        nn = match_nn(
+            a.descriptors.astype(np.float64), b.descriptors.astype(np.float64), mutual=False
+        ).numpy()
         back = warp_points(b.keypoints[nn], H_b_to_a)
         vis = inside_image(back, a.image_size)
         correct = vis & (np.linalg.norm(back - a.keypoints, axis=1) < threshold)

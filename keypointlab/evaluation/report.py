@@ -45,8 +45,10 @@ def markdown_table(results: list[BenchmarkResult], split: str | None = None) -> 
         s = r.summary(split)
         row = [r.method, r.size, str(r.top_k)] + [fmt.format(s[k]) for k, _, fmt in COLUMNS]
         if split is None:
-            row += [f"{1000 * s['extraction_time_per_image']:.1f}",
-                    f"{1000 * s['matching_time_per_pair']:.1f}"]
+            row += [
+                f"{1000 * s['extraction_time_per_image']:.1f}",
+                f"{1000 * s['matching_time_per_pair']:.1f}",
+            ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -57,7 +59,11 @@ def per_sequence(results: list[BenchmarkResult], metric: str) -> dict[str, dict[
     for r in results:
         by_seq: dict[str, list[float]] = {}
         for p in r.pairs:
-            v = float(p.corner_error <= 3) if metric == "homography_accuracy_3" else getattr(p, metric)
+            v = (
+                float(p.corner_error <= 3)
+                if metric == "homography_accuracy_3"
+                else getattr(p, metric)
+            )
             by_seq.setdefault(p.sequence, []).append(v)
         out[f"{r.method} {r.size}"] = {k: float(np.mean(v)) for k, v in by_seq.items()}
     return out
@@ -70,8 +76,13 @@ def sequence_table(results: list[BenchmarkResult], metric: str) -> str:
     seqs = sorted({s for v in values.values() for s in v})
     lines = ["| sequence | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for s in seqs:
-        lines.append(f"| {s} | " + " | ".join(
-            f"{values[label][s]:.3f}" if s in values[label] else "-" for label in labels) + " |")
+        lines.append(
+            f"| {s} | "
+            + " | ".join(
+                f"{values[label][s]:.3f}" if s in values[label] else "-" for label in labels
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -100,15 +111,19 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
-    files["json"] = write_atomic(out / "results.json",
-                                 json.dumps(results_json(results, meta), indent=1))
+    files["json"] = write_atomic(
+        out / "results.json", json.dumps(results_json(results, meta), indent=1)
+    )
     sizes = list(dict.fromkeys(r.size for r in results))
     md = [f"# {title}", ""]
     if meta:
         md += [", ".join(f"{k}: {v}" for k, v in meta.items()), ""]
-    md += ["Metrics as defined in the evaluation protocol (repeatability and matching at 3 px, "
-           "homography accuracy at 1/3/5 px corner error, AUC of the corner-error curve, "
-           "MMA = mean matching accuracy of mutual nearest neighbours).", ""]
+    md += [
+        "Metrics as defined in the evaluation protocol (repeatability and matching at 3 px, "
+        "homography accuracy at 1/3/5 px corner error, AUC of the corner-error curve, "
+        "MMA = mean matching accuracy of mutual nearest neighbours).",
+        "",
+    ]
     md += ["## All pairs", "", markdown_table(results), ""]
     for size in sizes:
         rs = [r for r in results if r.size == size]
@@ -117,21 +132,35 @@ def write_report(
         for split in splits:
             curves[split] = {r.method: r.summary(split)["mma"] for r in rs}
         tag = size
-        files[f"mma_{tag}"] = save_figure(mma_figure(curves, f"MMA at {size}"), out / f"mma_{tag}.png")
+        files[f"mma_{tag}"] = save_figure(
+            mma_figure(curves, f"MMA at {size}"), out / f"mma_{tag}.png"
+        )
         files[f"bars_{tag}"] = save_figure(
             sequence_bars_figure(per_sequence(rs, "matching_score"), "matching score"),
-            out / f"sequences_ms_{tag}.png")
+            out / f"sequences_ms_{tag}.png",
+        )
         md += [f"## Size {size}", "", f"![MMA curves](mma_{tag}.png)", ""]
         for split in splits:
             md += [f"### Split: {split}", "", markdown_table(rs, split), ""]
-        md += ["### Matching score per sequence", "", sequence_table(rs, "matching_score"), "",
-               f"![matching score per sequence](sequences_ms_{tag}.png)", "",
-               "### Homography accuracy at 3 px per sequence", "",
-               sequence_table(rs, "homography_accuracy_3"), ""]
+        md += [
+            "### Matching score per sequence",
+            "",
+            sequence_table(rs, "matching_score"),
+            "",
+            f"![matching score per sequence](sequences_ms_{tag}.png)",
+            "",
+            "### Homography accuracy at 3 px per sequence",
+            "",
+            sequence_table(rs, "homography_accuracy_3"),
+            "",
+        ]
     skipped = [s for r in results for s in r.skipped]
     if skipped:
-        md += ["## Skipped", ""] + [f"- {s.item}: {s.reason}" for s in
-                                    {(s.item, s.reason): s for s in skipped}.values()] + [""]
+        md += (
+            ["## Skipped", ""]
+            + [f"- {s.item}: {s.reason}" for s in {(s.item, s.reason): s for s in skipped}.values()]
+            + [""]
+        )
     if extra_markdown:
         md += [extra_markdown, ""]
     files["markdown"] = write_atomic(out / "report.md", "\n".join(md))

@@ -5,14 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 
 from keypointlab.data.images import read_image, to_rgb_uint8
 
-ImageInput = Union[str, Path, np.ndarray, torch.Tensor]
+ImageInput = str | Path | np.ndarray | torch.Tensor
 
 
 @dataclass

@@ -54,7 +54,11 @@ class OpenCVExtractor(Extractor):
         kps, desc = self._detector.detectAndCompute(gray, None)
         size = gray.shape[:2]
         if not kps or desc is None:
-            dim = 8 * self._detector.descriptorSize() if self.binary else self._detector.descriptorSize()
+            dim = (
+                8 * self._detector.descriptorSize()
+                if self.binary
+                else self._detector.descriptorSize()
+            )
             return Features(np.zeros((0, 2)), np.zeros(0), np.zeros((0, dim), np.float32), size)
         xy = np.array([k.pt for k in kps], dtype=np.float64)
         scores = np.array([k.response for k in kps], dtype=np.float64)

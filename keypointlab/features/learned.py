@@ -8,6 +8,10 @@ their descriptors and returns the best ``max_keypoints`` by score.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,8 +33,15 @@ class DenseExtractor(Extractor):
         min_size: smaller images are rejected with a clear error.
     """
 
-    def __init__(self, net: nn.Module, name: str = "learned", max_keypoints: int = 2000,
-                 stride: int = 8, device: str | torch.device = "cpu", min_size: int = 16) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        name: str = "learned",
+        max_keypoints: int = 2000,
+        stride: int = 8,
+        device: str | torch.device = "cpu",
+        min_size: int = 16,
+    ) -> None:
         self.net = net.to(device).eval()
         self.name = name
         self.max_keypoints = max_keypoints
@@ -43,7 +54,8 @@ class DenseExtractor(Extractor):
         h, w = image.shape[:2]
         if h < self.min_size or w < self.min_size:
             raise ValueError(
-                f"image of size {h}x{w} is smaller than {self.min_size} pixels on a side")
+                f"image of size {h}x{w} is smaller than {self.min_size} pixels on a side"
+            )
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         x = x.permute(2, 0, 1).unsqueeze(0).float() / 255.0
         ph, pw = (-h) % self.stride, (-w) % self.stride
@@ -57,5 +69,67 @@ class DenseExtractor(Extractor):
         order = torch.argsort(scores, descending=True, stable=True)[: self.max_keypoints]
         kp, scores = kp[order], scores[order]
         desc = sample_descriptors(out["descriptors"], kp[None], tuple(x.shape[-2:]))[0]
-        return Features(kp.double().cpu().numpy(), scores.double().cpu().numpy(),
-                        desc.float().cpu().numpy(), (h, w))
+        return Features(
+            kp.double().cpu().numpy(),
+            scores.double().cpu().numpy(),
+            desc.float().cpu().numpy(),
+            (h, w),
+        )
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def shipped_models() -> list[str]:
+    """Names of the trained models shipped inside the package."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(
+        p.stem
+        for p in WEIGHTS_DIR.glob("*.safetensors")
+        if (WEIGHTS_DIR / f"{p.stem}.json").is_file()
+    )
+
+
+def _build(method_name: str, model_conf: dict[str, Any]) -> tuple[Any, nn.Module]:
+    from keypointlab.training.methods import get_method
+
+    method = get_method(method_name)
+    model = method.model_cls(model_conf)
+    return method, model
+
+
+def load_shipped(
+    name: str, device: str | torch.device = "cpu", max_keypoints: int = 2000
+) -> DenseExtractor:
+    """A shipped model by name; weights are read with safetensors (no code execution)."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    method, model = _build(meta["method"], meta["model"])
+    model.load_state_dict(load_file(str(WEIGHTS_DIR / f"{name}.safetensors")))
+    return DenseExtractor(method.dense_net(model), name, max_keypoints, device=device)
+
+
+def load_checkpoint_extractor(
+    path: str | Path, device: str | torch.device = "cpu", max_keypoints: int = 2000
+) -> DenseExtractor:
+    """An extractor from a training checkpoint (``ckpt_*.pt``) or a run folder."""
+    from keypointlab.training.checkpoint import load_checkpoint, load_latest
+
+    path = Path(path)
+    if path.is_dir():
+        found = load_latest(path)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no checkpoint in this folder")
+        path, state = found
+    else:
+        state = load_checkpoint(path)
+    method, model = _build(state["method"], state["config"]["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{path}: weights do not fit model {state['method']!r}: {str(exc).splitlines()[0]}"
+        ) from exc
+    return DenseExtractor(method.dense_net(model), path.stem, max_keypoints, device=device)

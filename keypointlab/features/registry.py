@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from keypointlab.features.base import Extractor
@@ -18,18 +19,30 @@ def register_extractor(name: str, loader: Callable[..., Extractor]) -> None:
 
 
 def available_features() -> list[str]:
-    """Every feature name :func:`get_extractor` accepts."""
-    return available_opencv_features() + sorted(_LOADERS)
+    """Every feature name :func:`get_extractor` accepts (besides checkpoint paths)."""
+    from keypointlab.features.learned import shipped_models
+
+    return available_opencv_features() + sorted(set(_LOADERS) | set(shipped_models()))
 
 
 def get_extractor(name: str, **kwargs: Any) -> Extractor:
     """Build the extractor called ``name``.
 
+    ``name`` is an OpenCV feature (``sift``, ``orb``...), a shipped model (``kp2d``...),
+    or the path of a training checkpoint / run folder. ``device`` is ignored by OpenCV.
+
     Raises:
         KeyError: ``name`` is unknown; the message lists the known names.
     """
+    from keypointlab.features import learned
+
     if name in _LOADERS:
         return _LOADERS[name](**kwargs)
     if name in available_opencv_features():
+        kwargs.pop("device", None)
         return OpenCVExtractor(name, **kwargs)
+    if name in learned.shipped_models():
+        return learned.load_shipped(name, **kwargs)
+    if name.endswith(".pt") or Path(name).is_dir():
+        return learned.load_checkpoint_extractor(name, **kwargs)
     raise KeyError(f"unknown feature {name!r}; available: {', '.join(available_features())}")

@@ -97,7 +97,9 @@ def warp_image(
     )
 
 
-def warp_image_torch(image: torch.Tensor, H_0to1: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def warp_image_torch(
+    image: torch.Tensor, H_0to1: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
     """Differentiable batched warp of ``(B, C, H, W)`` images into view 1 of ``size``.
 
     Uses the same pixel-centre convention as :func:`warp_points`; pixels that come from
@@ -114,11 +116,13 @@ def warp_image_torch(image: torch.Tensor, H_0to1: torch.Tensor, size: tuple[int,
     grid = torch.stack([xs, ys], dim=-1).reshape(1, -1, 2).expand(b, -1, -1)
     H_1to0 = torch.linalg.inv(H_0to1.to(image.dtype))
     src = warp_points(grid, H_1to0).reshape(b, h, w, 2)
-    norm = torch.tensor([2.0 / max(w0 - 1, 1), 2.0 / max(h0 - 1, 1)], dtype=image.dtype,
-                        device=image.device)
+    norm = torch.tensor(
+        [2.0 / max(w0 - 1, 1), 2.0 / max(h0 - 1, 1)], dtype=image.dtype, device=image.device
+    )
     src = src * norm - 1.0
-    return torch.nn.functional.grid_sample(image, src, mode="bilinear", padding_mode="zeros",
-                                           align_corners=True)
+    return torch.nn.functional.grid_sample(
+        image, src, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
 
 
 def image_corners(size: tuple[int, int]) -> np.ndarray:
@@ -142,8 +146,9 @@ def corner_error(H_est: np.ndarray | None, H_true: np.ndarray, size: tuple[int, 
     return float(d.mean())
 
 
-def scale_homography(H_0to1: np.ndarray, scale0: tuple[float, float],
-                     scale1: tuple[float, float]) -> np.ndarray:
+def scale_homography(
+    H_0to1: np.ndarray, scale0: tuple[float, float], scale1: tuple[float, float]
+) -> np.ndarray:
     """Update ``H_0to1`` after view 0 is scaled by ``(sx0, sy0)`` and view 1 by ``(sx1, sy1)``.
 
     Returns ``diag(sx1, sy1, 1) @ H @ diag(1/sx0, 1/sy0, 1)`` (the protocol's rule), so that a
@@ -239,8 +244,16 @@ def sample_homography(
         mild = attempt == cfg.n_tries  # last resort: no distortion beyond the patch
         pts = base.copy()
         if cfg.perspective and not mild:
-            ax = min(cfg.perspective_amplitude_x, m) if not cfg.allow_artifacts else cfg.perspective_amplitude_x
-            ay = min(cfg.perspective_amplitude_y, m) if not cfg.allow_artifacts else cfg.perspective_amplitude_y
+            ax = (
+                min(cfg.perspective_amplitude_x, m)
+                if not cfg.allow_artifacts
+                else cfg.perspective_amplitude_x
+            )
+            ay = (
+                min(cfg.perspective_amplitude_y, m)
+                if not cfg.allow_artifacts
+                else cfg.perspective_amplitude_y
+            )
             dy = _truncnorm(rng, ay / 2, ay)
             dx1 = _truncnorm(rng, ax / 2, ax)
             dx2 = _truncnorm(rng, ax / 2, ax)

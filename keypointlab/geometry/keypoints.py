@@ -12,8 +12,13 @@ import torch
 import torch.nn.functional as F
 
 
-def cell_centers(hc: int, wc: int, cell: int, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def cell_centers(
+    hc: int,
+    wc: int,
+    cell: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Pixel xy of the centre of each ``cell x cell`` cell, shape ``(2, hc, wc)``.
 
     The centre of cell ``(i, j)`` is ``(j * cell + (cell - 1) / 2, i * cell + (cell - 1) / 2)``.
@@ -38,8 +43,9 @@ def denormalize_coords(uv: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (uv + 1.0) * scale
 
 
-def sample_descriptors(desc_map: torch.Tensor, xy: torch.Tensor, image_size: tuple[int, int],
-                       normalize: bool = True) -> torch.Tensor:
+def sample_descriptors(
+    desc_map: torch.Tensor, xy: torch.Tensor, image_size: tuple[int, int], normalize: bool = True
+) -> torch.Tensor:
     """Bilinearly sample a dense descriptor map at pixel keypoints.
 
     Args:

@@ -58,8 +58,12 @@ def location_loss(dist: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def triplet_descriptor_loss(
-    anchor: torch.Tensor, positive: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
-    margin: float = 0.2, relax_field: float = 4.0,
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    positions: torch.Tensor,
+    valid: torch.Tensor,
+    margin: float = 0.2,
+    relax_field: float = 4.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hardest-negative triplet loss (per-pixel, as in KP2D / Tian et al.).
 
@@ -90,8 +94,12 @@ def triplet_descriptor_loss(
 
 
 def infonce_descriptor_loss(
-    anchor: torch.Tensor, positive: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
-    temperature: float = 0.05, relax_field: float = 4.0,
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    positions: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float = 0.05,
+    relax_field: float = 4.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of each anchor over all valid positives (own positive = the class);
     other points within ``relax_field`` px are left out of the softmax."""
@@ -108,8 +116,14 @@ def infonce_descriptor_loss(
     return loss, ((own & valid).sum() / n).detach()
 
 
-def score_loss(s_src: torch.Tensor, s_tgt_assoc: torch.Tensor, s_tgt_resampled: torch.Tensor,
-               dist: torch.Tensor, valid: torch.Tensor, border: torch.Tensor) -> torch.Tensor:
+def score_loss(
+    s_src: torch.Tensor,
+    s_tgt_assoc: torch.Tensor,
+    s_tgt_resampled: torch.Tensor,
+    dist: torch.Tensor,
+    valid: torch.Tensor,
+    border: torch.Tensor,
+) -> torch.Tensor:
     """UnsuperPoint score term over valid pairs plus 2x the score-consistency MSE."""
     if valid.any():
         d = dist[valid]
@@ -120,10 +134,19 @@ def score_loss(s_src: torch.Tensor, s_tgt_assoc: torch.Tensor, s_tgt_resampled: 
     return usp + 2.0 * mse
 
 
-def io_loss(io_net: torch.nn.Module, kp_src: torch.Tensor, s_src: torch.Tensor,
-            desc_src: torch.Tensor, kp_tgt: torch.Tensor, s_tgt: torch.Tensor,
-            desc_tgt: torch.Tensor, H_src_to_tgt: torch.Tensor, size: tuple[int, int],
-            top_k: int, max_distance: float) -> tuple[torch.Tensor, torch.Tensor]:
+def io_loss(
+    io_net: torch.nn.Module,
+    kp_src: torch.Tensor,
+    s_src: torch.Tensor,
+    desc_src: torch.Tensor,
+    kp_tgt: torch.Tensor,
+    s_tgt: torch.Tensor,
+    desc_tgt: torch.Tensor,
+    H_src_to_tgt: torch.Tensor,
+    size: tuple[int, int],
+    top_k: int,
+    max_distance: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """IO-Net loss on the top-k source points and their descriptor matches among the top-k
     target points. Returns ``(loss, fraction of inliers)``."""
     k = min(top_k, kp_src.shape[1], kp_tgt.shape[1])
@@ -136,8 +159,9 @@ def io_loss(io_net: torch.nn.Module, kp_src: torch.Tensor, s_src: torch.Tensor,
     dmat = torch.cdist(d_src, d_tgt)
     dmin, j = dmat.min(dim=-1)
     p_match = p_tgt.gather(1, j.unsqueeze(-1).expand(-1, -1, 2))
-    pairs = torch.cat([normalize_coords(p_src, size), normalize_coords(p_match, size),
-                       dmin.unsqueeze(-1)], dim=-1)
+    pairs = torch.cat(
+        [normalize_coords(p_src, size), normalize_coords(p_match, size), dmin.unsqueeze(-1)], dim=-1
+    )
     pred = io_net(pairs.transpose(1, 2))
     err = (warp_points(p_src, H_src_to_tgt) - p_match).norm(dim=-1)
     inlier = err.detach() < max_distance
@@ -146,10 +170,14 @@ def io_loss(io_net: torch.nn.Module, kp_src: torch.Tensor, s_src: torch.Tensor,
     return loss, inlier.float().mean()
 
 
-def kp2d_loss(pred0: dict[str, torch.Tensor], pred1: dict[str, torch.Tensor],
-              H_0to1: torch.Tensor, image_size: tuple[int, int],
-              io_net: torch.nn.Module | None = None, conf: dict[str, Any] | None = None,
-              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def kp2d_loss(
+    pred0: dict[str, torch.Tensor],
+    pred1: dict[str, torch.Tensor],
+    H_0to1: torch.Tensor,
+    image_size: tuple[int, int],
+    io_net: torch.nn.Module | None = None,
+    conf: dict[str, Any] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """All KP2D terms for a batch of pairs.
 
     Args:
@@ -172,7 +200,7 @@ def kp2d_loss(pred0: dict[str, torch.Tensor], pred1: dict[str, torch.Tensor],
     hc, wc = src["scores"].shape[-2:]
     cells = torch.zeros(hc, wc, dtype=torch.bool, device=dist.device)
     b = c["border_cells"]
-    cells[b: hc - b, b: wc - b] = True
+    cells[b : hc - b, b : wc - b] = True
     border = cells.flatten().unsqueeze(0).expand_as(dist) & border_mask(kp_src_w, image_size, 0)
     valid = (dist < c["max_distance"]) & border
 
@@ -183,10 +211,12 @@ def kp2d_loss(pred0: dict[str, torch.Tensor], pred1: dict[str, torch.Tensor],
     desc_pos = sample_descriptors(tgt["descriptors"], kp_src_w.detach(), image_size)
     if c["descriptor_loss"] == "triplet":
         losses["descriptor"], recall = triplet_descriptor_loss(
-            desc_src, desc_pos, kp_src_w.detach(), border, c["margin"], c["relax_field"])
+            desc_src, desc_pos, kp_src_w.detach(), border, c["margin"], c["relax_field"]
+        )
     elif c["descriptor_loss"] == "infonce":
         losses["descriptor"], recall = infonce_descriptor_loss(
-            desc_src, desc_pos, kp_src_w.detach(), border, c["temperature"], c["relax_field"])
+            desc_src, desc_pos, kp_src_w.detach(), border, c["temperature"], c["relax_field"]
+        )
     else:
         raise KeyError(f"unknown descriptor_loss {c['descriptor_loss']!r}; use triplet or infonce")
 
@@ -195,16 +225,31 @@ def kp2d_loss(pred0: dict[str, torch.Tensor], pred1: dict[str, torch.Tensor],
     s_tgt_res = F.grid_sample(tgt["scores"], grid, align_corners=True)[:, 0, 0]
     losses["score"] = score_loss(s_src, s_tgt_assoc, s_tgt_res, dist, valid, border)
 
-    total = (c["location_weight"] * losses["location"]
-             + c["descriptor_weight"] * losses["descriptor"]
-             + c["score_weight"] * losses["score"])
-    metrics = {"recall": recall, "valid": valid.float().mean().detach(),
-               "distance": dist[valid].mean().detach() if valid.any() else dist.sum() * 0}
+    total = (
+        c["location_weight"] * losses["location"]
+        + c["descriptor_weight"] * losses["descriptor"]
+        + c["score_weight"] * losses["score"]
+    )
+    metrics = {
+        "recall": recall,
+        "valid": valid.float().mean().detach(),
+        "distance": dist[valid].mean().detach() if valid.any() else dist.sum() * 0,
+    }
     if io_net is not None:
         desc_tgt = sample_descriptors(tgt["descriptors"], kp_tgt, image_size)
         losses["io"], metrics["io_inliers"] = io_loss(
-            io_net, kp_src, s_src, desc_src, kp_tgt, s_tgt, desc_tgt, H, image_size,
-            c["io_top_k"], c["max_distance"])
+            io_net,
+            kp_src,
+            s_src,
+            desc_src,
+            kp_tgt,
+            s_tgt,
+            desc_tgt,
+            H,
+            image_size,
+            c["io_top_k"],
+            c["max_distance"],
+        )
         total = total + c["io_weight"] * losses["io"]
     losses["total"] = total
     return losses, metrics

@@ -36,7 +36,8 @@ class BaseModel(nn.Module):
         if image is not None and (image.ndim != 4 or image.shape[1] not in (1, 3)):
             raise ValueError(
                 f"{type(self).__name__}: expected image of shape (B, 1|3, H, W), "
-                f"got {tuple(image.shape)}")
+                f"got {tuple(image.shape)}"
+            )
         return self._forward(data)
 
     def _forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

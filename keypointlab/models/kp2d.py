@@ -20,8 +20,11 @@ from keypointlab.models.base import BaseModel
 
 def conv_bn(cin: int, cout: int, k: int = 3) -> nn.Sequential:
     """Conv, batch norm and LeakyReLU (KP2D's block)."""
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-                         nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.LeakyReLU(0.1, inplace=True),
+    )
 
 
 class KeyPointNet(BaseModel):
@@ -102,9 +105,15 @@ class IONet(nn.Module):
         super().__init__()
         self.stem = nn.Conv1d(in_channels, width, 1)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv1d(width, width, 1), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
-                          nn.Conv1d(width, width, 1), nn.BatchNorm1d(width))
-            for _ in range(blocks))
+            nn.Sequential(
+                nn.Conv1d(width, width, 1),
+                nn.BatchNorm1d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv1d(width, width, 1),
+                nn.BatchNorm1d(width),
+            )
+            for _ in range(blocks)
+        )
         self.head = nn.Conv1d(width, 1, 1)
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,7 @@ def save_checkpoint(state: dict[str, Any], folder: str | Path, step: int, keep: 
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    for old in checkpoints(folder)[max(keep, 1):]:
+    for old in checkpoints(folder)[max(keep, 1) :]:
         old.unlink(missing_ok=True)
     return path
 
@@ -63,18 +63,22 @@ def load_checkpoint(path: str | Path, expected_method: str | None = None) -> dic
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle refused, not a torch file...
-        raise CheckpointError(f"{path}: cannot load checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise CheckpointError(
+            f"{path}: cannot load checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     if not isinstance(state, dict) or "model" not in state or "method" not in state:
         raise CheckpointError(f"{path}: not a KeypointLab checkpoint (no model/method entries)")
     if expected_method is not None and state["method"] != expected_method:
         raise CheckpointMismatchError(
-            f"{path}: checkpoint of method {state['method']!r}, expected {expected_method!r}")
+            f"{path}: checkpoint of method {state['method']!r}, expected {expected_method!r}"
+        )
     return state
 
 
-def load_latest(folder: str | Path, expected_method: str | None = None
-                ) -> tuple[Path, dict[str, Any]] | None:
+def load_latest(
+    folder: str | Path, expected_method: str | None = None
+) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint in ``folder`` that loads; corrupt newer ones are skipped with
     a warning. ``None`` when there is none. A checkpoint of another method is an error."""
     for path in checkpoints(folder):

@@ -37,8 +37,17 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "size": [120, 160],
         "max_side": 320,
         "homography": {},  # HomographyConfig fields
-        "photometric": {"primitives": ["brightness", "contrast", "gaussian_noise", "speckle",
-                                       "shading", "motion_blur"], "prob": 0.5},
+        "photometric": {
+            "primitives": [
+                "brightness",
+                "contrast",
+                "gaussian_noise",
+                "speckle",
+                "shading",
+                "motion_blur",
+            ],
+            "prob": 0.5,
+        },
         "workers": 1,
     },
     "train": {
@@ -110,8 +119,9 @@ class Trainer:
         torch.manual_seed(t["seed"])
         self.method = get_method(conf["method"])
         self.step_module: TrainStep = self.method.build(conf["model"], conf["loss"]).to(self.device)
-        self.optimizer = torch.optim.Adam(self.step_module.parameters(), lr=t["lr"],
-                                          weight_decay=t["weight_decay"])
+        self.optimizer = torch.optim.Adam(
+            self.step_module.parameters(), lr=t["lr"], weight_decay=t["weight_decay"]
+        )
         self.step = 0
         self.train_seconds = 0.0
         if resume:
@@ -126,16 +136,23 @@ class Trainer:
         d, t = self.conf["data"], self.conf["train"]
         images = load_image_cache(d["train"], d["max_side"], progress=self.progress)
         photometric = Photometric(**d["photometric"]) if d["photometric"] else None
-        dataset = HomographicPairs(images, tuple(d["size"]), d["homography"], photometric,
-                                   seed=t["seed"])
+        dataset = HomographicPairs(
+            images, tuple(d["size"]), d["homography"], photometric, seed=t["seed"]
+        )
         bs = t["batch_size"]
         if t["overfit"]:
             sampler = [i * self.world + self.rank for i in range(bs)] * t["steps"]
-            sampler = sampler[self.step * bs:]
+            sampler = sampler[self.step * bs :]
         else:
             sampler = IndexSampler(self.step * bs, t["steps"] * bs, self.rank, self.world)
-        return DataLoader(dataset, batch_size=bs, sampler=sampler, num_workers=d["workers"],
-                          persistent_workers=False, drop_last=True)
+        return DataLoader(
+            dataset,
+            batch_size=bs,
+            sampler=sampler,
+            num_workers=d["workers"],
+            persistent_workers=False,
+            drop_last=True,
+        )
 
     # -- checkpoints ----------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -200,8 +217,10 @@ class Trainer:
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.step_module.parameters(), clip)
         self.optimizer.step()
-        return {**{k: float(v) for k, v in losses.items()},
-                **{k: float(v) for k, v in metrics.items()}}
+        return {
+            **{k: float(v) for k, v in losses.items()},
+            **{k: float(v) for k, v in metrics.items()},
+        }
 
     def _adjust_lr(self) -> None:
         t = self.conf["train"]
@@ -220,12 +239,16 @@ class Trainer:
         sequences, _ = load_dataset(e["data"])
         net = self.method.dense_net(self.step_module.model)
         extractor = DenseExtractor(net, self.conf["method"], device=self.device)
-        result = evaluate_features(extractor, sequences, tuple(e["size"]), e["top_k"],
-                                   progress=False)
+        result = evaluate_features(
+            extractor, sequences, tuple(e["size"]), e["top_k"], progress=False
+        )
         net.train()
         s = result.summary()
-        record = {"step": self.step, "train_minutes": self.train_seconds / 60,
-                  **{k: v for k, v in s.items() if k != "mma"}}
+        record = {
+            "step": self.step,
+            "train_minutes": self.train_seconds / 60,
+            **{k: v for k, v in s.items() if k != "mma"},
+        }
         self._log("validation.jsonl", record)
         return record
 
@@ -236,8 +259,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(self.conf, indent=1))
         loader = self._loader()
-        bar = tqdm(total=t["steps"], initial=self.step, desc=self.conf["method"],
-                   disable=not self.progress)
+        bar = tqdm(
+            total=t["steps"], initial=self.step, desc=self.conf["method"], disable=not self.progress
+        )
         record: dict[str, Any] = {}
         for batch in loader:
             self._adjust_lr()
@@ -263,8 +287,12 @@ class Trainer:
         return record
 
 
-def train(config_path: str | Path | None, overrides: list[str] | None = None,
-          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(
+    config_path: str | Path | None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Load a config, train, and return the last log record (``keypointlab train``)."""
     conf = load_config(config_path, overrides)
     trainer = Trainer(conf, resume=resume, progress=progress)

@@ -63,8 +63,12 @@ def sequence_bars_figure(values: dict[str, dict[str, float]], metric: str) -> Fi
     width = 0.8 / max(len(labels), 1)
     x = np.arange(len(seqs))
     for k, label in enumerate(labels):
-        ax.bar(x + k * width - 0.4 + width / 2, [values[label].get(s, 0.0) for s in seqs],
-               width, label=label)
+        ax.bar(
+            x + k * width - 0.4 + width / 2,
+            [values[label].get(s, 0.0) for s in seqs],
+            width,
+            label=label,
+        )
     ax.set_xticks(x, seqs, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_ylim(0, 1)
@@ -96,7 +100,7 @@ def matches_figure(
     canvas = np.zeros((max(h0, h1), w0 + w1, 3), dtype=np.uint8)
     for img, off in ((image0, 0), (image1, w0)):
         rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
-        canvas[: img.shape[0], off: off + img.shape[1]] = rgb
+        canvas[: img.shape[0], off : off + img.shape[1]] = rgb
     fig = Figure(figsize=(10, 10 * canvas.shape[0] / canvas.shape[1] + 0.5))
     ax = fig.subplots()
     ax.imshow(canvas)
@@ -108,8 +112,13 @@ def matches_figure(
         order = order[np.linspace(0, m - 1, max_lines).astype(int)]
     for i in order:
         color = "lime" if inl[i] else "red"
-        ax.plot([points0[i, 0], points1[i, 0] + w0], [points0[i, 1], points1[i, 1]],
-                color=color, lw=0.6, alpha=0.8)
+        ax.plot(
+            [points0[i, 0], points1[i, 0] + w0],
+            [points0[i, 1], points1[i, 1]],
+            color=color,
+            lw=0.6,
+            alpha=0.8,
+        )
     ax.scatter(points0[:, 0], points0[:, 1], s=2, c="yellow")
     ax.scatter(points1[:, 0] + w0, points1[:, 1], s=2, c="yellow")
     if H_0to1 is not None:
