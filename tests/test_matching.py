@@ -124,6 +124,26 @@ def test_ties_go_to_lowest_index():
     assert match_nn(bits0, bits1, mutual=False).tolist() == [0]
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ties_between_duplicate_real_valued_descriptors(dtype):
+    """Two identical rows are exactly tied, whatever their values: the lower index wins."""
+    failures = []
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        n1, dim = int(rng.integers(2, 60)), int(rng.choice([64, 128, 256]))
+        d1 = rng.normal(size=(n1, dim)).astype(dtype)
+        i, j = sorted(rng.choice(n1, 2, replace=False))
+        d1[j] = d1[i]
+        queries = (d1[i] + rng.normal(scale=0.3, size=(20, dim))).astype(dtype)
+        if not np.all(match_nn(queries, d1, mutual=False).numpy() == i):
+            failures.append((seed, "nearest"))
+        # the same from the other side: duplicated queries, the mutual check keeps the first
+        m = match_nn(d1, queries[:1]).numpy()
+        if not (m[i] == 0 and m[j] == -1):
+            failures.append((seed, "mutual"))
+    assert not failures
+
+
 def test_descriptor_distances_are_euclidean():
     a, b = _t([[0.0, 0.0], [1.0, 1.0]]), _t([[3.0, 4.0]])
     # |(0,0)-(3,4)| = 5, |(1,1)-(3,4)| = sqrt(4 + 9)

@@ -122,7 +122,7 @@ def _write_h(path: Path, H: np.ndarray) -> None:
     path.write_text("\n".join(" ".join(f"{v:.17g}" for v in row) for row in H) + "\n")
 
 
-def make_synthetic_dataset(root: Path) -> Path:
+def make_synthetic_dataset(root: Path, sizes: list[tuple[int, int]] = SYNTH_SIZES) -> Path:
     """v_astro: five warps (image sizes differ); i_astro: brightness changes, small warps."""
     rgb = skdata.astronaut()[64:448]  # 384 x 512
     img1 = cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA)
@@ -131,7 +131,7 @@ def make_synthetic_dataset(root: Path) -> Path:
     i_dir.mkdir(parents=True)
     cv2.imwrite(str(v_dir / "1.ppm"), cv2.cvtColor(img1, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(i_dir / "1.png"), cv2.cvtColor(img1, cv2.COLOR_RGB2BGR))
-    for n, (H, (h, w)) in enumerate(zip(SYNTH_HOMOGRAPHIES, SYNTH_SIZES, strict=True), start=2):
+    for n, (H, (h, w)) in enumerate(zip(SYNTH_HOMOGRAPHIES, sizes, strict=True), start=2):
         warped = cv2.warpPerspective(img1, H, (w, h), flags=cv2.INTER_LINEAR)
         cv2.imwrite(str(v_dir / f"{n}.ppm"), cv2.cvtColor(warped, cv2.COLOR_RGB2BGR))
         _write_h(v_dir / f"H_1_{n}", H)
@@ -178,6 +178,46 @@ def test_crosscheck_synthetic_small_top_k_and_empty_image(tmp_path):
     assert empty_pair.localization_error is None
     assert empty_pair.corner_error == math.inf
     assert ours.summary()["pairs_without_keypoints"] == 1
+
+
+def test_crosscheck_feature_file_resized(tmp_path):
+    """A feature file evaluated at another size: keypoints and homographies are rescaled.
+
+    The reference works at original sizes, so it gets a copy of the dataset at the target
+    size (images only provide their size), homographies scaled by hand and the keypoints
+    scaled by hand. Scales are powers of two, anisotropic, so every product is exact.
+    """
+    data_dir = make_synthetic_dataset(tmp_path / "synthetic", sizes=[(240, 320)] * 5)
+    h5_path = tmp_path / "sift.h5"
+    write_sift_features(data_dir, h5_path)
+    target = (60, 160)
+    sx, sy = 0.5, 0.25
+    sequences, _ = load_dataset(data_dir)
+    extractor = FeatureFileExtractor(h5_path)
+    try:
+        ours = evaluate_features(extractor, sequences, target, 100, progress=False)
+    finally:
+        extractor.close()
+    assert ours.size == "60x160"
+
+    copy, copy_h5 = tmp_path / "resized", tmp_path / "resized.h5"
+    S, S_inv = np.diag([sx, sy, 1.0]), np.diag([1 / sx, 1 / sy, 1.0])
+    with h5py.File(h5_path, "r") as src, h5py.File(copy_h5, "w") as dst:
+        for seq in sequences:
+            (copy / seq.name).mkdir(parents=True)
+            for i in seq.images:
+                key = f"{seq.name}/{i}.png"
+                cv2.imwrite(str(copy / key), np.zeros((*target, 3), np.uint8))
+                g = dst.create_group(key)
+                g["keypoints"] = (src[seq.relative(i)]["keypoints"][()] * [sx, sy]).astype(
+                    np.float32
+                )
+                g["scores"] = src[seq.relative(i)]["scores"][()]
+                g["descriptors"] = src[seq.relative(i)]["descriptors"][()]
+            for n, H in seq.homographies.items():
+                _write_h(copy / seq.name / f"H_1_{n}", S @ H @ S_inv)
+    ref = evaluate_reference(str(copy), str(copy_h5), 100)
+    assert_agree(ours, ref)
 
 
 # --------------------------------------------------------------------------- (b), (c) real data

@@ -20,7 +20,10 @@ def descriptor_distances(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tens
     """Euclidean distances ``(..., N0, N1)`` between ``(..., N0, D)`` and ``(..., N1, D)``."""
     if desc0.shape[-2] == 0 or desc1.shape[-2] == 0:
         return desc0.new_zeros((*desc0.shape[:-1], desc1.shape[-2]))
-    return torch.cdist(desc0, desc1, compute_mode="use_mm_for_euclid_dist")
+    # Element-wise distances, not the faster ||a||^2 + ||b||^2 - 2ab form: that one rounds
+    # identical descriptors to different distances, which breaks "ties go to the lowest index"
+    # and can make evaluation disagree with the protocol's reference implementation.
+    return torch.cdist(desc0, desc1, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def match_nn(

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from keypointlab.config import load_yaml, merge, parse_overrides
+from keypointlab.config import deep_update, load_yaml, merge, parse_overrides
 from keypointlab.data.augment import Photometric
 from keypointlab.data.pairs import HomographicPairs, IndexSampler, load_image_cache
 from keypointlab.training.checkpoint import load_latest, save_checkpoint
@@ -74,8 +74,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
     """Defaults, then the YAML file (with its ``base:`` chain), then ``key=value`` overrides;
     unknown keys anywhere raise :class:`ConfigError` naming the key."""
-    conf = merge(DEFAULT_CONFIG, load_yaml(path) if path else {})
-    conf = merge(conf, parse_overrides(overrides or []))
+    raw = deep_update(load_yaml(path) if path else {}, parse_overrides(overrides or []))
+    conf = merge(DEFAULT_CONFIG, raw)
     method = get_method(conf["method"])
     conf["model"] = merge(method.model_cls.default_conf, conf["model"], "model.")
     conf["loss"] = merge(method.loss_defaults, conf["loss"], "loss.")
@@ -151,6 +151,7 @@ class Trainer:
             sampler=sampler,
             num_workers=d["workers"],
             persistent_workers=False,
+            generator=torch.Generator().manual_seed(t["seed"]),  # leave the global RNG alone
             drop_last=True,
         )
 
@@ -217,10 +218,7 @@ class Trainer:
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(self.step_module.parameters(), clip)
         self.optimizer.step()
-        return {
-            **{k: float(v) for k, v in losses.items()},
-            **{k: float(v) for k, v in metrics.items()},
-        }
+        return {k: float(v.detach()) for k, v in {**losses, **metrics}.items()}
 
     def _adjust_lr(self) -> None:
         t = self.conf["train"]
@@ -252,6 +250,14 @@ class Trainer:
         self._log("validation.jsonl", record)
         return record
 
+    def _time_is_up(self) -> bool:
+        """``train.max_minutes`` reached (decided by rank 0 for every rank)."""
+        limit = self.conf["train"]["max_minutes"]
+        up = torch.tensor(float(bool(limit) and self.train_seconds >= 60 * limit), device=self.device)
+        if self.world > 1:
+            dist.broadcast(up, src=0)
+        return bool(up.item())
+
     def fit(self) -> dict[str, Any]:
         """Train until ``train.steps`` or ``train.max_minutes``; returns the last log record."""
         t = self.conf["train"]
@@ -278,7 +284,7 @@ class Trainer:
                 self.save()
             if t["validate_every"] and self.step % t["validate_every"] == 0 and self.rank == 0:
                 logger.info("validation at step %d: %s", self.step, self.validate())
-            if t["max_minutes"] and self.train_seconds >= 60 * t["max_minutes"]:
+            if self._time_is_up():
                 break
         bar.close()
         self.save()

@@ -1,0 +1,184 @@
+"""The training engine: configs, overfitting, checkpoints, exact resume, faults, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from keypointlab.config import ConfigError
+from keypointlab.data.samples import sample_photo
+from keypointlab.training.checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    load_checkpoint,
+    load_latest,
+    save_checkpoint,
+)
+from keypointlab.training.trainer import Trainer, load_config
+
+TINY = [
+    "model.keypoint_net.channels=[8, 8, 16, 16]",
+    "model.keypoint_net.descriptor_dim=16",
+    "model.io_width=16",
+    "loss.io_top_k=20",
+    "data.size=[64, 80]",
+    "data.max_side=128",
+    "data.workers=0",
+    "train.batch_size=2",
+    "train.log_every=1",
+    "eval.data=none",
+]
+CONFIG = Path(__file__).resolve().parents[1] / "keypointlab" / "configs" / "kp2d.yaml"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("train_images")
+    for name in ("astronaut", "coffee", "rocket"):
+        rgb = sample_photo(name, (96, 128))
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder
+
+
+def tiny(images: Path, out: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.train={images}", f"train.out={out}", *extra]
+
+
+def read_log(out: Path) -> dict[int, float]:
+    lines = (out / "log.jsonl").read_text().splitlines()
+    return {r["step"]: r["total"] for r in map(json.loads, lines)}
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="train.bogus"):
+        load_config(CONFIG, ["train.bogus=1"])
+    with pytest.raises(ConfigError, match="loss.margn"):
+        load_config(CONFIG, ["loss.margn=0.3"])
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(CONFIG, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match="keypoint_net.chanels"):
+        load_config(CONFIG, ["model.keypoint_net.chanels=[1]"])
+    conf = load_config(CONFIG, ["train.steps=7"])
+    assert conf["train"]["steps"] == 7
+
+
+def test_overfit_one_batch_drives_loss_down(images: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    conf = load_config(CONFIG, tiny(images, tmp_path, "train.steps=40", "train.overfit=true",
+                                    "train.lr=0.003", "model.keypoint_net.dropout=0.0"))
+    Trainer(conf, progress=False).fit()
+    log = read_log(tmp_path)
+    first = sum(log[s] for s in (1, 2, 3)) / 3
+    last = sum(log[s] for s in (38, 39, 40)) / 3
+    assert last < 0.8 * first, (first, last)
+
+
+def test_resume_continues_exactly(images: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    full, part = tmp_path / "full", tmp_path / "part"
+    Trainer(load_config(CONFIG, tiny(images, full, "train.steps=6")), progress=False).fit()
+    conf = load_config(CONFIG, tiny(images, part, "train.steps=6", "train.checkpoint_every=3"))
+    trainer = Trainer(conf, progress=False)
+    trainer.conf["train"]["max_minutes"] = 1e-9  # stop right after the first step
+    trainer.fit()
+    assert trainer.step == 1
+    # a fresh trainer resumes from the last checkpoint (step 1) and runs to step 6
+    resumed = Trainer(load_config(CONFIG, tiny(images, part, "train.steps=6")), resume=True,
+                      progress=False)
+    assert resumed.step == 1
+    resumed.fit()
+    a, b = read_log(full), read_log(part)
+    for step in range(2, 7):
+        assert a[step] == b[step], (step, a[step], b[step])
+
+
+def test_truncated_checkpoint_falls_back(tmp_path: Path, caplog) -> None:
+    state = {"method": "kp2d", "model": {"w": torch.ones(3)}, "step": 1}
+    save_checkpoint(state, tmp_path, 1)
+    newest = save_checkpoint({**state, "step": 2}, tmp_path, 2)
+    newest.write_bytes(newest.read_bytes()[:100])
+    path, loaded = load_latest(tmp_path, "kp2d")
+    assert loaded["step"] == 1 and path.name == "ckpt_00000001.pt"
+    assert "falling back" in caplog.text
+    with pytest.raises(CheckpointMismatchError, match="unsuperpoint"):
+        load_latest(tmp_path, "unsuperpoint")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_checkpoint_does_not_run_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    exploit = _Exploit()
+    exploit.marker = marker
+    path = tmp_path / "ckpt_00000001.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"method": "kp2d", "model": exploit}, f)
+    torch.save({"method": "kp2d", "model": {}, "payload": exploit}, tmp_path / "evil.pt")
+    for p in (path, tmp_path / "evil.pt"):
+        with pytest.raises(CheckpointError):
+            load_checkpoint(p)
+    assert not marker.exists()
+
+
+def test_checkpoint_of_other_model_is_refused(images: Path, tmp_path: Path) -> None:
+    save_checkpoint({"method": "kp2d", "model": {"bogus": torch.ones(1)}, "step": 1,
+                     "config": {"model": {}}}, tmp_path, 1)
+    from keypointlab.features.learned import load_checkpoint_extractor
+
+    with pytest.raises(ValueError, match="do not fit"):
+        load_checkpoint_extractor(tmp_path)
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "keypointlab.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(images: Path, tmp_path: Path) -> None:
+    steps = "train.steps=12"
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    p = _cli(["train", str(CONFIG), *tiny(images, ref, steps), "--quiet"])
+    assert p.wait(timeout=300) == 0, p.stdout.read().decode()
+    p = _cli(["train", str(CONFIG), *tiny(images, run, steps, "train.checkpoint_every=3"),
+              "--quiet"])
+    deadline = time.time() + 300
+    while not list(run.glob("ckpt_00000006.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = max(int(c.stem.split("_")[1]) for c in run.glob("ckpt_*.pt"))
+    assert 6 <= done < 12
+    p = _cli(["train", str(CONFIG), *tiny(images, run, steps), "--resume", "--quiet"])
+    assert p.wait(timeout=300) == 0, p.stdout.read().decode()
+    a, b = read_log(ref), read_log(run)
+    for step in range(done + 1, 13):
+        assert a[step] == b[step], (step, a[step], b[step])
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_gloo(images: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29517", "-m", "keypointlab.cli", "train", str(CONFIG),
+           *tiny(images, tmp_path, "train.steps=3", "train.checkpoint_every=3"), "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "ckpt_00000003.pt", "kp2d")
+    assert ckpt["step"] == 3
+    assert len(read_log(tmp_path)) == 3
