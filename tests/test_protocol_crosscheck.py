@@ -208,12 +208,10 @@ def test_crosscheck_feature_file_resized(tmp_path):
             for i in seq.images:
                 key = f"{seq.name}/{i}.png"
                 cv2.imwrite(str(copy / key), np.zeros((*target, 3), np.uint8))
-                g = dst.create_group(key)
-                g["keypoints"] = (src[seq.relative(i)]["keypoints"][()] * [sx, sy]).astype(
-                    np.float32
-                )
-                g["scores"] = src[seq.relative(i)]["scores"][()]
-                g["descriptors"] = src[seq.relative(i)]["descriptors"][()]
+                g, orig = dst.create_group(key), src[seq.relative(i)]
+                g["keypoints"] = (orig["keypoints"][()] * [sx, sy]).astype(np.float32)
+                g["scores"] = orig["scores"][()]
+                g["descriptors"] = orig["descriptors"][()]
             for n, H in seq.homographies.items():
                 _write_h(copy / seq.name / f"H_1_{n}", S @ H @ S_inv)
     ref = evaluate_reference(str(copy), str(copy_h5), 100)

@@ -75,8 +75,17 @@ def test_config_errors_name_the_key() -> None:
 
 def test_overfit_one_batch_drives_loss_down(images: Path, tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    conf = load_config(CONFIG, tiny(images, tmp_path, "train.steps=40", "train.overfit=true",
-                                    "train.lr=0.003", "model.keypoint_net.dropout=0.0"))
+    conf = load_config(
+        CONFIG,
+        tiny(
+            images,
+            tmp_path,
+            "train.steps=40",
+            "train.overfit=true",
+            "train.lr=0.003",
+            "model.keypoint_net.dropout=0.0",
+        ),
+    )
     Trainer(conf, progress=False).fit()
     log = read_log(tmp_path)
     first = sum(log[s] for s in (1, 2, 3)) / 3
@@ -94,8 +103,9 @@ def test_resume_continues_exactly(images: Path, tmp_path: Path) -> None:
     trainer.fit()
     assert trainer.step == 1
     # a fresh trainer resumes from the last checkpoint (step 1) and runs to step 6
-    resumed = Trainer(load_config(CONFIG, tiny(images, part, "train.steps=6")), resume=True,
-                      progress=False)
+    resumed = Trainer(
+        load_config(CONFIG, tiny(images, part, "train.steps=6")), resume=True, progress=False
+    )
     assert resumed.step == 1
     resumed.fit()
     a, b = read_log(full), read_log(part)
@@ -135,8 +145,11 @@ def test_crafted_checkpoint_does_not_run_code(tmp_path: Path) -> None:
 
 
 def test_checkpoint_of_other_model_is_refused(images: Path, tmp_path: Path) -> None:
-    save_checkpoint({"method": "kp2d", "model": {"bogus": torch.ones(1)}, "step": 1,
-                     "config": {"model": {}}}, tmp_path, 1)
+    save_checkpoint(
+        {"method": "kp2d", "model": {"bogus": torch.ones(1)}, "step": 1, "config": {"model": {}}},
+        tmp_path,
+        1,
+    )
     from keypointlab.features.learned import load_checkpoint_extractor
 
     with pytest.raises(ValueError, match="do not fit"):
@@ -145,8 +158,13 @@ def test_checkpoint_of_other_model_is_refused(images: Path, tmp_path: Path) -> N
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "keypointlab.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "keypointlab.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -155,8 +173,9 @@ def test_sigkill_then_resume_matches_uninterrupted(images: Path, tmp_path: Path)
     ref, run = tmp_path / "ref", tmp_path / "run"
     p = _cli(["train", str(CONFIG), *tiny(images, ref, steps), "--quiet"])
     assert p.wait(timeout=300) == 0, p.stdout.read().decode()
-    p = _cli(["train", str(CONFIG), *tiny(images, run, steps, "train.checkpoint_every=3"),
-              "--quiet"])
+    p = _cli(
+        ["train", str(CONFIG), *tiny(images, run, steps, "train.checkpoint_every=3"), "--quiet"]
+    )
     deadline = time.time() + 300
     while not list(run.glob("ckpt_00000006.pt")) and time.time() < deadline:
         time.sleep(0.05)
@@ -174,9 +193,21 @@ def test_sigkill_then_resume_matches_uninterrupted(images: Path, tmp_path: Path)
 @pytest.mark.slow
 def test_torchrun_two_processes_on_gloo(images: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "keypointlab.cli", "train", str(CONFIG),
-           *tiny(images, tmp_path, "train.steps=3", "train.checkpoint_every=3"), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "keypointlab.cli",
+        "train",
+        str(CONFIG),
+        *tiny(images, tmp_path, "train.steps=3", "train.checkpoint_every=3"),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ckpt = load_checkpoint(tmp_path / "ckpt_00000003.pt", "kp2d")

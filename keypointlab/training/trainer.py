@@ -253,7 +253,9 @@ class Trainer:
     def _time_is_up(self) -> bool:
         """``train.max_minutes`` reached (decided by rank 0 for every rank)."""
         limit = self.conf["train"]["max_minutes"]
-        up = torch.tensor(float(bool(limit) and self.train_seconds >= 60 * limit), device=self.device)
+        up = torch.tensor(
+            float(bool(limit) and self.train_seconds >= 60 * limit), device=self.device
+        )
         if self.world > 1:
             dist.broadcast(up, src=0)
         return bool(up.item())
