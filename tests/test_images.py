@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+import keypointlab.data.images as images_module
 from keypointlab.data.images import (
     ImageReadError,
     list_images,
@@ -152,6 +153,37 @@ def test_read_image_sniffs_content_not_extension(tmp_path):
     out = read_image(path)
     assert out.shape == (H, W, 3)
     assert np.abs(out.astype(int) - _rgb().astype(int)).mean() < 4
+
+
+def test_truncation_check_when_the_decoder_is_lenient(tmp_path, monkeypatch):
+    """Some OpenCV builds decode truncated PNG/JPEG files; the end-of-stream check catches them.
+
+    The decoder is replaced by one that accepts anything, so the check itself is tested
+    whatever this OpenCV does with truncated files.
+    """
+    monkeypatch.setattr(
+        images_module.cv2, "imdecode", lambda buf, flags: np.zeros((4, 4, 3), np.uint8)
+    )
+    ok_png, png = cv2.imencode(".png", _rgb())
+    ok_jpg, jpg = cv2.imencode(".jpg", _rgb())
+    assert ok_png and ok_jpg
+    png, jpg = png.tobytes(), jpg.tobytes()
+    for name, data, truncated in [
+        ("full.png", png, False),
+        ("full.jpg", jpg, False),
+        ("zero_padded.jpg", jpg + b"\x00" * 100, False),
+        ("jpeg_named.png", jpg, False),  # the content decides, not the name
+        ("png_named.jpg", png, False),
+        ("cut.png", png[: len(png) // 2], True),
+        ("cut.jpg", jpg[: len(jpg) // 2], True),
+        ("cut_named.bmp", jpg[:-2], True),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        if truncated:
+            assert "truncated" in _assert_read_error(path), name
+        else:
+            assert read_image(path).shape == (4, 4, 3), name
 
 
 # --------------------------------------------------------------------------- errors

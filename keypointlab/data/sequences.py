@@ -100,9 +100,13 @@ def load_sequence(folder: Path, root: Path) -> tuple[Sequence | None, list[Skipp
     skipped: list[Skipped] = []
     seq = Sequence(name=name, root=root, images=images)
     for n in range(2, N_IMAGES + 1):
-        if n not in images:
-            continue
         hfile = next((p for p in (folder / f"H_1_{n}", folder / f"H1to{n}p") if p.is_file()), None)
+        if n not in images:
+            if hfile is not None:
+                skipped.append(
+                    Skipped(f"{name} 1-{n}", f"{hfile.name} exists but image {n} is missing")
+                )
+            continue
         if hfile is None:
             skipped.append(Skipped(f"{name} 1-{n}", f"no homography file H_1_{n} or H1to{n}p"))
             continue

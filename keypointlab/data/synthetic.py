@@ -43,7 +43,7 @@ LINE_TYPE = cv2.LINE_8  # no antialiasing, see module docstring
 MIN_CONTRAST = 50  # grey levels between a shape and its surroundings
 MIN_NEIGHBOUR_CONTRAST = 35  # between touching parts: cells, cube faces, overlapping polygons
 MIN_CORNER_ANGLE = np.deg2rad(30.0)  # polygon corners sharper than this, or flatter
-MAX_CORNER_ANGLE = np.deg2rad(150.0)  # than this, are rejected
+MAX_CORNER_ANGLE = np.deg2rad(140.0)  # than this, are rejected
 FINAL_BLUR_SIGMA = 0.8  # pixels
 RASTER_OFFSET = 0.5  # px that cv2.LINE_8 filling reaches outside a polygon edge, on average
 

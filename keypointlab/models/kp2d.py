@@ -44,27 +44,46 @@ class KeyPointNet(BaseModel):
         "do_upsample": True,  # pixel-shuffle the descriptors to 1/4 resolution
         "dropout": 0.2,
         "cell": 8,
+        # CPU-speed options (KP2D's architecture when left at these defaults):
+        "stem_stride": 1,  # 2: the first conv strides by 2 instead of pooling after block 1
+        "shared_head": False,  # one conv trunk for the score and location heads
+        "upsample_width": 0,  # width of the 1/4-resolution descriptor conv (0: channels[3])
     }
 
     def _init(self, conf: dict[str, Any]) -> None:
         c1, c2, c3, c4 = conf["channels"]
         d = conf["descriptor_dim"]
-        self.block1 = nn.Sequential(conv_bn(3, c1), conv_bn(c1, c1))
+        stride = conf["stem_stride"]
+        if stride not in (1, 2):
+            raise ValueError(f"KeyPointNet: stem_stride must be 1 or 2, got {stride}")
+        stem = nn.Sequential(
+            nn.Conv2d(3, c1, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(c1),
+            nn.LeakyReLU(0.1, inplace=True),
+        )
+        self.block1 = nn.Sequential(stem, conv_bn(c1, c1))
         self.block2 = nn.Sequential(conv_bn(c1, c2), conv_bn(c2, c2))
         self.block3 = nn.Sequential(conv_bn(c2, c3), conv_bn(c3, c3))
         self.block4 = nn.Sequential(conv_bn(c3, c4), conv_bn(c4, c4))
         self.pool = nn.MaxPool2d(2, 2)
+        self.pool1 = self.pool if stride == 1 else nn.Identity()
         self.drop = nn.Dropout2d(conf["dropout"]) if conf["dropout"] > 0 else nn.Identity()
-        self.score_head = nn.Sequential(conv_bn(c4, c4), nn.Conv2d(c4, 1, 3, padding=1))
-        self.location_head = nn.Sequential(conv_bn(c4, c4), nn.Conv2d(c4, 2, 3, padding=1))
+        if conf["shared_head"]:
+            self.head_trunk = conv_bn(c4, c4)
+            self.score_head = nn.Conv2d(c4, 1, 1)
+            self.location_head = nn.Conv2d(c4, 2, 1)
+        else:
+            self.head_trunk = nn.Identity()
+            self.score_head = nn.Sequential(conv_bn(c4, c4), nn.Conv2d(c4, 1, 3, padding=1))
+            self.location_head = nn.Sequential(conv_bn(c4, c4), nn.Conv2d(c4, 2, 3, padding=1))
+        self.desc_a = conv_bn(c4, c4)
         if conf["do_upsample"]:
-            self.desc_a = conv_bn(c4, c4)
+            u = conf["upsample_width"] or c4
             self.desc_b = nn.Conv2d(c4, 4 * c3, 3, padding=1)
             self.shuffle = nn.PixelShuffle(2)
-            self.desc_c = conv_bn(2 * c3, c4)
-            self.desc_d = nn.Conv2d(c4, d, 3, padding=1)
+            self.desc_c = conv_bn(2 * c3, u)
+            self.desc_d = nn.Conv2d(u, d, 3, padding=1)
         else:
-            self.desc_a = conv_bn(c4, c4)
             self.desc_d = nn.Conv2d(c4, d, 3, padding=1)
 
     def _forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -75,12 +94,13 @@ class KeyPointNet(BaseModel):
         cell = self.conf["cell"]
         if h % cell or w % cell:
             raise ValueError(f"KeyPointNet: image size {(h, w)} must be a multiple of {cell}")
-        x = self.pool(self.block1(image * 2.0 - 1.0))
+        x = self.pool1(self.block1(image * 2.0 - 1.0))
         x = self.pool(self.block2(x))
         skip = self.block3(x)
         x = self.drop(self.block4(self.pool(skip)))
-        scores = torch.sigmoid(self.score_head(x))
-        shift = torch.tanh(self.location_head(x))
+        trunk = self.head_trunk(x)
+        scores = torch.sigmoid(self.score_head(trunk))
+        shift = torch.tanh(self.location_head(trunk))
         ratio = self.conf["cross_ratio"] if self.conf["do_cross"] else 1.0
         step = (cell - 1) / 2.0
         centers = cell_centers(x.shape[2], x.shape[3], cell, x.device, x.dtype)
