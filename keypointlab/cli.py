@@ -8,6 +8,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keypointlab.features.base import Extractor, Features
 
 logger = logging.getLogger("keypointlab")
 
@@ -63,11 +67,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+MIN_MATCH_SIDE = 16  # pixels; smaller images hold no usable keypoints
+
+
+def _extract_file(extractor: Extractor, path: Path) -> Features:
+    """Features of one image file; an image too small to match is an error naming the file."""
+    from keypointlab.data.images import read_image
+
+    image = read_image(path)
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_MATCH_SIDE:
+        raise ValueError(
+            f"{path}: image of size {h}x{w} is too small to match "
+            f"(at least {MIN_MATCH_SIDE} pixels a side)"
+        )
+    try:
+        return extractor.extract(image)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
 def cmd_match(args: argparse.Namespace) -> int:
     from keypointlab.api import draw_matches, estimate, load_extractor, match
 
     extractor = load_extractor(args.features, device=args.device)
-    f0, f1 = extractor.extract_path(args.image0), extractor.extract_path(args.image1)
+    f0, f1 = _extract_file(extractor, args.image0), _extract_file(extractor, args.image1)
     matches = match(f0, f1, ratio=args.ratio)
     est = estimate(f0, f1, matches, method=args.estimator)
     fig = draw_matches(args.image0, args.image1, f0, f1, matches, est)
@@ -111,6 +135,24 @@ def cmd_extract(args: argparse.Namespace) -> int:
     )
     for path, reason in report.skipped:
         print(f"  skipped {path}: {reason}")
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from keypointlab.evaluation.benchmark import parse_size
+    from keypointlab.features import get_extractor
+    from keypointlab.features.onnx import export_onnx
+
+    size = parse_size(args.size)
+    path = export_onnx(
+        get_extractor(args.name),
+        args.out or Path(f"{Path(args.name).stem}.onnx"),
+        size=size or (240, 320),
+    )
+    print(
+        f"wrote {path} (input 'image' (1, 3, H, W) in [0, 1]; outputs keypoints, scores, "
+        "descriptors per cell)"
+    )
     return 0
 
 
@@ -181,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("export-onnx", help="export a learned extractor to ONNX")
+    p.add_argument("name", help="shipped model name or checkpoint path")
+    p.add_argument("--out", type=Path, default=None, help="output .onnx (default NAME.onnx)")
+    p.add_argument("--size", default="240x320", help="HEIGHTxWIDTH of the example input")
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("match", help="match two images and draw the inlier matches")
     p.add_argument("image0", type=Path)

@@ -51,8 +51,14 @@ class OpenCVExtractor(Extractor):
 
     def _extract(self, image: np.ndarray) -> Features:
         gray = to_gray(image)
-        kps, desc = self._detector.detectAndCompute(gray, None)
         size = gray.shape[:2]
+        try:
+            kps, desc = self._detector.detectAndCompute(gray, None)
+        except cv2.error as exc:  # e.g. ORB's pyramid on an image 1 pixel high or wide
+            detail = (exc.err or str(exc)).strip().splitlines()[-1]
+            raise ValueError(
+                f"{self.name} cannot process an image of size {size[0]}x{size[1]}: {detail}"
+            ) from exc
         if not kps or desc is None:
             dim = (
                 8 * self._detector.descriptorSize()

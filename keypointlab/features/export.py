@@ -41,8 +41,21 @@ def safe_key(relative: str) -> str:
     for part in relative.replace("\\", "/").split("/"):
         if part in ("", ".", ".."):
             part = part.replace(".", "%2E") or "%2F"
-        parts.append(part)
+        parts.append("".join(_escape_char(c) for c in part))
     return "/".join(parts)
+
+
+def _escape_char(c: str) -> str:
+    """``c``, or a ``%`` escape when HDF5 cannot store it (NUL; a surrogate, which is how
+    Python spells a file name's bytes that are not UTF-8, e.g. Latin-1 ``caf\\xe9.png``)."""
+    code = ord(c)
+    if code == 0:
+        return "%00"
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape of byte code - 0xDC00
+        return f"%{code - 0xDC00:02X}"
+    if 0xD800 <= code <= 0xDFFF:
+        return f"%u{code:04X}"
+    return c
 
 
 def extract_folder(
@@ -70,8 +83,13 @@ def extract_folder(
     report = ExtractReport()
     with h5py.File(partial, "a") as h5:
         todo = []
+        owner: dict[str, Path] = {}
         for p in paths:
             key = safe_key(p.relative_to(folder).as_posix())
+            if key in owner:  # e.g. 'a\\b.png' beside 'a/b.png': never overwrite silently
+                report.skipped.append((str(p), f"same feature key {key!r} as {owner[key]}"))
+                continue
+            owner[key] = p
             if key in h5 and "descriptors" in h5[key]:
                 report.reused += 1
             else:

@@ -29,8 +29,14 @@ def cell_centers(
     return torch.stack([gx, gy], dim=0)
 
 
-def normalize_coords(xy: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Pixel xy ``(..., 2)`` to ``[-1, 1]`` for an image of ``size = (h, w)``."""
+def normalize_coords(xy: torch.Tensor, size: tuple[int, int] | torch.Tensor) -> torch.Tensor:
+    """Pixel xy ``(..., 2)`` to ``[-1, 1]`` for an image of ``size = (h, w)``.
+
+    ``size`` may be a tensor ``(h, w)`` so that traced graphs (ONNX) keep it dynamic.
+    """
+    if isinstance(size, torch.Tensor):
+        wh = torch.stack([size[1], size[0]]).to(xy.dtype) - 1
+        return xy * (2.0 / wh.clamp(min=1)) - 1.0
     h, w = size
     scale = xy.new_tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
     return xy * scale - 1.0
@@ -44,7 +50,10 @@ def denormalize_coords(uv: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def sample_descriptors(
-    desc_map: torch.Tensor, xy: torch.Tensor, image_size: tuple[int, int], normalize: bool = True
+    desc_map: torch.Tensor,
+    xy: torch.Tensor,
+    image_size: tuple[int, int] | torch.Tensor,
+    normalize: bool = True,
 ) -> torch.Tensor:
     """Bilinearly sample a dense descriptor map at pixel keypoints.
 

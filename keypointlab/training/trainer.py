@@ -102,6 +102,47 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return rank, world, dev
 
 
+def run_info(step: int, world: int) -> dict[str, Any]:
+    """Provenance of a (re)start: command, git revision, versions, time."""
+    import platform
+    import subprocess
+    import sys
+
+    try:
+        rev = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=10,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        rev, dirty = None, None
+    return {
+        "start_step": step,
+        "argv": sys.argv,
+        "git_revision": rev,
+        "git_dirty": dirty,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "world_size": world,
+        "threads": torch.get_num_threads(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
 class Trainer:
     """Builds everything from a config and runs the loop.
 
@@ -266,6 +307,8 @@ class Trainer:
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(self.conf, indent=1))
+            with open(self.out / "runs.jsonl", "a") as f:  # one line per (re)start
+                f.write(json.dumps(run_info(self.step, self.world)) + "\n")
         loader = self._loader()
         bar = tqdm(
             total=t["steps"], initial=self.step, desc=self.conf["method"], disable=not self.progress
