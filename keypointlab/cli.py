@@ -56,13 +56,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
     meta = {"data": str(args.data), "sequences": len(sequences)}
     files = write_report(results, args.out, meta=meta)
-    print(markdown_table(results))
+    evaluated = any(r.pairs for r in results)
+    if evaluated:  # a table of zeros would read as a result
+        print(markdown_table(results))
     for r in results:
         if r.skipped:
             print(f"{r.method} @ {r.size}: skipped {len(r.skipped)}:")
             for s in r.skipped:
                 print(f"  {s.item}: {s.reason}")
             break
+    if not evaluated:
+        raise ValueError(
+            f"{args.data}: no pair could be evaluated; what was skipped and why is listed "
+            f"above and in {files['markdown']}"
+        )
     print(f"\nreport: {files['markdown']}\nresults: {files['json']}")
     return 0
 
@@ -156,6 +163,14 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ship(args: argparse.Namespace) -> int:
+    from keypointlab.training.ship import ship_model
+
+    card = ship_model(args.run, args.name, args.eval_data, note=args.note)
+    print(card.read_text())
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from keypointlab.demo import run_demo
 
@@ -229,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="output .onnx (default NAME.onnx)")
     p.add_argument("--size", default="240x320", help="HEIGHTxWIDTH of the example input")
     p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("ship", help="package a training run as shipped weights + model card")
+    p.add_argument("run", type=Path, help="training output folder")
+    p.add_argument("--name", required=True, help="model name, e.g. kp2d")
+    p.add_argument("--eval-data", type=Path, default=Path("../shared/data/eval"))
+    p.add_argument("--note", default="", help="a paragraph for the model card")
+    p.set_defaults(func=cmd_ship)
 
     p = sub.add_parser("match", help="match two images and draw the inlier matches")
     p.add_argument("image0", type=Path)

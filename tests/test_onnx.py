@@ -17,8 +17,15 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (extr
 
 def test_onnx_matches_torch(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net = KeyPointNet({"channels": [8, 8, 16, 16], "descriptor_dim": 16, "stem_stride": 2,
-                       "shared_head": True, "upsample_width": 8})
+    net = KeyPointNet(
+        {
+            "channels": [8, 8, 16, 16],
+            "descriptor_dim": 16,
+            "stem_stride": 2,
+            "shared_head": True,
+            "upsample_width": 8,
+        }
+    )
     extractor = DenseExtractor(net, "tiny")
     path = export_onnx(extractor, tmp_path / "tiny.onnx", size=(64, 96))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -41,6 +41,8 @@ def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     Float images are taken to be in ``[0, 1]``. ``name`` is used in error messages.
     """
     image = np.asarray(image)
+    if not image.dtype.isnative:  # e.g. big-endian '>u2' from a 16-bit PGM read by numpy
+        image = image.astype(image.dtype.newbyteorder("="))
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):

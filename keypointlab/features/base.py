@@ -78,6 +78,8 @@ def as_rgb_uint8(image: ImageInput) -> np.ndarray:
         return read_image(image)
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16
+            t = t.float()
         if t.ndim == 4:
             if t.shape[0] != 1:
                 raise ValueError(f"expected one image, got a batch of shape {tuple(t.shape)}")

@@ -1,0 +1,109 @@
+"""Turn a training run into shipped weights: safetensors, model config and a model card.
+
+The card records where the weights come from (config, seed, data, git revision, training
+time) and what they measure on the evaluation data, beside SIFT and ORB measured in the
+same run, so every figure in it can be reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from keypointlab.data.sequences import load_dataset
+from keypointlab.evaluation.benchmark import evaluate_features
+from keypointlab.evaluation.report import markdown_table, sequence_table, write_atomic
+from keypointlab.features import get_extractor
+from keypointlab.features.learned import WEIGHTS_DIR, DenseExtractor
+from keypointlab.training.checkpoint import load_latest
+from keypointlab.training.methods import get_method
+
+PROTOCOL_CONFIGS = (((240, 320), 300), ((480, 640), 1000))
+
+
+def _provenance(run: Path) -> list[dict[str, Any]]:
+    path = run / "runs.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def ship_model(
+    run: str | Path,
+    name: str,
+    eval_data: str | Path,
+    out_dir: str | Path = WEIGHTS_DIR,
+    note: str = "",
+) -> Path:
+    """Write ``<name>.safetensors``, ``<name>.json`` and ``<name>.md`` from ``run``'s last
+    checkpoint; returns the model card's path."""
+    run, out = Path(run), Path(out_dir)
+    found = load_latest(run)
+    if found is None:
+        raise FileNotFoundError(f"{run}: no checkpoint to ship")
+    ckpt_path, state = found
+    conf = state["config"]
+    method = get_method(state["method"])
+    model = method.model_cls(conf["model"])
+    model.load_state_dict(state["model"])
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(out / f"{name}.safetensors"))
+    meta = {"method": state["method"], "model": conf["model"]}
+    write_atomic(out / f"{name}.json", json.dumps(meta, indent=1))
+
+    sequences, skipped = load_dataset(eval_data)
+    learned = DenseExtractor(method.dense_net(model), name)
+    extractors = [learned, get_extractor("sift"), get_extractor("orb")]
+    results = [
+        evaluate_features(ex, sequences, size, k, skipped, progress=False)
+        for size, k in PROTOCOL_CONFIGS
+        for ex in extractors
+    ]
+    n_params = sum(v.numel() for k, v in tensors.items() if not k.startswith("io_net"))
+    card = [
+        f"# {name}",
+        "",
+        f"Method `{state['method']}`, trained by KeypointLab from scratch without labels. "
+        f"{n_params / 1e6:.2f} M parameters in the extractor; "
+        f"{(out / f'{name}.safetensors').stat().st_size / 1e6:.1f} MB file. License: Apache-2.0.",
+        "",
+        note,
+        "",
+        "## Training",
+        "",
+        f"- checkpoint: `{ckpt_path.name}`, step {state['step']}, "
+        f"{state['train_seconds'] / 60:.1f} min of training on a 2-core CPU",
+        f"- data: `{conf['data']['train']}` (unlabelled photographs), crops "
+        f"{conf['data']['size']}, seed {conf['train']['seed']}",
+        "- command and revision per (re)start:",
+    ]
+    for p in _provenance(run) or [{}]:
+        argv = " ".join(p.get("argv", ["(not recorded)"]))
+        dirty = " (with uncommitted changes)" if p.get("git_dirty") else ""
+        card.append(f"  - `{argv}` at git `{p.get('git_revision', '(not recorded)')}`{dirty}")
+    card += [
+        "",
+        "```json",
+        json.dumps({k: conf[k] for k in ("model", "loss", "data", "train")}, indent=1),
+        "```",
+        "",
+        f"## Measured on `{eval_data}`",
+        "",
+        "Protocol of `shared/PROTOCOL.md`; SIFT and ORB measured in the same run.",
+        "",
+        markdown_table(results),
+        "",
+        "### Matching score per sequence (240x320, top-300)",
+        "",
+        sequence_table(results[:3], "matching_score"),
+        "",
+        "### Homography accuracy @3px per sequence (240x320, top-300)",
+        "",
+        sequence_table(results[:3], "homography_accuracy_3"),
+        "",
+    ]
+    return write_atomic(out / f"{name}.md", "\n".join(card))
