@@ -112,7 +112,28 @@ def cmd_match(args: argparse.Namespace) -> int:
     if est.success:
         print("H_0to1 =\n" + "\n".join(" ".join(f"{v: .6g}" for v in row) for row in est.H))
     print(f"wrote {args.out}")
+    if args.export:
+        _export_pair(args, f0, f1, matches)
     return 0
+
+
+def _export_pair(args: argparse.Namespace, f0, f1, matches) -> None:
+    """features.h5 and matches.h5 in hloc's layout, keyed by the image file names."""
+    import h5py
+    import numpy as np
+
+    from keypointlab.features.h5 import write_features, write_matches
+
+    args.export.mkdir(parents=True, exist_ok=True)
+    n0, n1 = args.image0.name, args.image1.name
+    with h5py.File(args.export / "features.h5", "a") as h5:
+        write_features(h5, n0, f0)
+        write_features(h5, n1, f1)
+    matches0 = np.full(len(f0), -1, dtype=np.int32)
+    matches0[matches[:, 0]] = matches[:, 1]
+    with h5py.File(args.export / "matches.h5", "a") as h5:
+        write_matches(h5, n0, n1, matches0)
+    print(f"wrote {args.export / 'features.h5'} and {args.export / 'matches.h5'} (hloc layout)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -259,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("matches.png"))
     p.add_argument("--estimator", default="ransac", choices=["ransac", "magsac", "lmeds"])
     p.add_argument("--ratio", type=float, default=None, help="Lowe ratio test (e.g. 0.8)")
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="folder for features.h5 and matches.h5 in hloc's layout",
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_match)
     return parser

@@ -82,3 +82,37 @@ class FeatureFileExtractor(Extractor):
 
     def close(self) -> None:
         self._h5.close()
+
+
+def pair_key(name0: str, name1: str) -> str:
+    """hloc's match-group name for a pair: ``a-b.png/c-d.png`` for ``a/b.png`` and ``c/d.png``."""
+    return "/".join((name0.replace("/", "-"), name1.replace("/", "-")))
+
+
+def write_matches(
+    h5: h5py.File, name0: str, name1: str, matches0: np.ndarray, scores0: np.ndarray | None = None
+) -> None:
+    """Write matches of a pair in hloc's layout: ``matches0`` (N0,) int32 index into image 1
+    or -1, and ``matching_scores0`` (N0,) float16."""
+    key = pair_key(name0, name1)
+    if key in h5:
+        del h5[key]
+    group = h5.create_group(key)
+    m = np.asarray(matches0, dtype=np.int32)
+    group.create_dataset("matches0", data=m)
+    s = np.asarray(scores0 if scores0 is not None else (m >= 0), dtype=np.float16)
+    group.create_dataset("matching_scores0", data=s)
+
+
+def read_matches(h5: h5py.File, name0: str, name1: str) -> np.ndarray:
+    """``(M, 2)`` index pairs of the stored matches of a pair.
+
+    Raises:
+        FeatureFileError: the pair is not in the file.
+    """
+    key = pair_key(name0, name1)
+    if key not in h5 or "matches0" not in h5[key]:
+        raise FeatureFileError(f"{h5.filename}: no matches for pair {name0!r} {name1!r}")
+    m = np.asarray(h5[key]["matches0"])
+    idx = np.flatnonzero(m >= 0)
+    return np.stack([idx, m[idx]], axis=1)

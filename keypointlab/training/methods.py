@@ -86,7 +86,7 @@ def _load_optional_methods() -> None:
     """Import method modules that register themselves (kept out of import time)."""
     import importlib
 
-    for module in ("keypointlab.models.unsuperpoint",):
+    for module in ("keypointlab.models.unsuperpoint", "keypointlab.models.superpoint"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from keypointlab.config import deep_update, load_yaml, merge, parse_overrides
-from keypointlab.data.augment import Photometric
-from keypointlab.data.pairs import HomographicPairs, IndexSampler, load_image_cache
+from keypointlab.data.pairs import IndexSampler
+from keypointlab.data.sources import build_dataset
 from keypointlab.training.checkpoint import load_latest, save_checkpoint
 from keypointlab.training.methods import TrainStep, get_method
 
@@ -33,6 +33,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "model": {},  # checked by the model's own default_conf
     "loss": {},  # checked by the method's loss defaults
     "data": {
+        "source": "pairs",  # pairs | synthetic | adapted_pairs (keypointlab.data.sources)
+        "labels": "",  # adapted_pairs: HDF5 keypoints written by `keypointlab adapt`
         "train": "../shared/data/train",
         "size": [120, 160],
         "max_side": 320,
@@ -175,11 +177,7 @@ class Trainer:
     # -- build ------------------------------------------------------------------
     def _loader(self) -> DataLoader:
         d, t = self.conf["data"], self.conf["train"]
-        images = load_image_cache(d["train"], d["max_side"], progress=self.progress)
-        photometric = Photometric(**d["photometric"]) if d["photometric"] else None
-        dataset = HomographicPairs(
-            images, tuple(d["size"]), d["homography"], photometric, seed=t["seed"]
-        )
+        dataset = build_dataset(d, t["seed"], progress=self.progress)
         bs = t["batch_size"]
         if t["overfit"]:
             sampler = [i * self.world + self.rank for i in range(bs)] * t["steps"]
