@@ -265,11 +265,11 @@ def test_evaluate_unknown_feature_lists_available(
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("size", ["240by320", "8x8", "x320", "-240x320"])
+@pytest.mark.parametrize("size", ["240by320", "8x8", "x320", "-240x320", "0x320"])
 def test_evaluate_bad_size(
     size: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(capsys, "evaluate", "--features", "sift", "--data", data, "--size", size,
+    code, _, err = run(capsys, "evaluate", "--features", "sift", "--data", data, f"--size={size}",
                        "--out", tmp_path / "o")  # fmt: skip
     assert_one_error(code, err, repr(size))
     assert not (tmp_path / "o").exists()

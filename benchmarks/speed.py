@@ -1,0 +1,194 @@
+"""Speed benchmark: extraction, matching and training throughput, all measured in one run.
+
+    python benchmarks/speed.py [--out benchmarks/results] [--repeats 7] [--readme README.md]
+
+Writes ``speed.json`` and ``speed.md``; with ``--readme`` also replaces the table between
+the ``<!-- speed -->`` markers in the README. Every ratio is against OpenCV SIFT measured in
+the same process, so it stays meaningful on another machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from keypointlab.data.samples import sample_photo
+from keypointlab.features import available_features, get_extractor
+from keypointlab.matching import match_nn
+
+SIZES = ((240, 320), (480, 640))
+TRAIN_METHODS = ("kp2d", "unsuperpoint", "superpoint")
+CONFIGS = Path(__file__).resolve().parents[1] / "keypointlab" / "configs"
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def extraction(repeats: int) -> list[dict]:
+    names = [n for n in available_features() if n not in ("sift", "orb")]
+    rows = []
+    for size in SIZES:
+        image = sample_photo("astronaut", size)
+        base = None
+        for name in ["sift", "orb", *names]:
+            ex = get_extractor(name)
+            t = median_time(lambda ex=ex: ex.extract(image), repeats)
+            base = t if name == "sift" else base
+            rows.append(
+                {
+                    "feature": name,
+                    "size": f"{size[0]}x{size[1]}",
+                    "ms": 1000 * t,
+                    "ratio_to_sift": t / base,
+                }
+            )
+    return rows
+
+
+def matching(repeats: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in (1000, 4000):
+        d0 = torch.from_numpy(rng.standard_normal((n, 128)).astype(np.float32))
+        d1 = torch.from_numpy(rng.standard_normal((n, 128)).astype(np.float32))
+        t = median_time(lambda a=d0, b=d1: match_nn(a, b), repeats)
+        rows.append({"keypoints": n, "dim": 128, "ms": 1000 * t})
+    return rows
+
+
+_TRAIN_CHILD = """
+import json, resource, sys, time, torch
+from keypointlab.training.trainer import Trainer, load_config
+conf = load_config(sys.argv[1], ["data.workers=0", "train.out=" + sys.argv[2],
+                                 "train.validate_every=0", "train.checkpoint_every=100000",
+                                 "train.steps=" + sys.argv[3], "data.train=" + sys.argv[4]])
+trainer = Trainer(conf, progress=False)
+trainer.fit()
+steps = conf["train"]["steps"]
+print(json.dumps({"pairs_per_s": steps * conf["train"]["batch_size"] / trainer.train_seconds,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "batch_size": conf["train"]["batch_size"], "size": conf["data"]["size"]}))
+"""
+
+
+def training(steps: int, train_data: Path, tmp: Path) -> list[dict]:
+    rows = []
+    for method in TRAIN_METHODS:
+        config = CONFIGS / f"{method}.yaml"
+        if not config.is_file():
+            continue
+        cmd = [
+            sys.executable,
+            "-c",
+            _TRAIN_CHILD,
+            str(config),
+            str(tmp / method),
+            str(steps),
+            str(train_data),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            rows.append({"method": method, "error": proc.stderr.strip().splitlines()[-1]})
+            continue
+        rows.append({"method": method, **json.loads(proc.stdout.strip().splitlines()[-1])})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = ["| feature | size | ms / image | ratio to SIFT |", "|---|---|---|---|"]
+    lines += [
+        f"| {r['feature']} | {r['size']} | {r['ms']:.1f} | {r['ratio_to_sift']:.2f} |"
+        for r in result["extraction"]
+    ]
+    lines += ["", "| matching (mutual NN, D=128) | ms / pair |", "|---|---|"]
+    lines += [
+        f"| {r['keypoints']} x {r['keypoints']} | {r['ms']:.1f} |" for r in result["matching"]
+    ]
+    lines += [
+        "",
+        "| training | pairs / s | peak RSS (MB) | batch | crop |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["training"]:
+        if "error" in r:
+            lines.append(f"| {r['method']} | error: {r['error']} | | | |")
+        else:
+            lines.append(
+                f"| {r['method']} | {r['pairs_per_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+                f"{r['batch_size']} | {r['size'][0]}x{r['size'][1]} |"
+            )
+    m = result["machine"]
+    lines += [
+        "",
+        f"Measured {m['date']} on {m['cpus']} CPU cores, torch {m['torch']} "
+        f"({m['threads']} threads), OpenCV {m['opencv']}; medians of {m['repeats']}.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--train-data", type=Path, default=Path("../shared/data/train"))
+    parser.add_argument("--readme", type=Path, default=None)
+    args = parser.parse_args()
+    import os
+
+    import cv2
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "machine": {
+            "date": time.strftime("%Y-%m-%d"),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "opencv": cv2.__version__,
+            "python": platform.python_version(),
+            "repeats": args.repeats,
+        },
+        "extraction": extraction(args.repeats),
+        "matching": matching(args.repeats),
+        "training": training(args.train_steps, args.train_data, Path(tempfile.mkdtemp()))
+        if args.train_data.is_dir()
+        else [],
+        "peak_rss_mb_benchmark": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    (args.out / "speed.json").write_text(json.dumps(result, indent=1))
+    table = markdown(result)
+    (args.out / "speed.md").write_text(table + "\n")
+    print(table)
+    if args.readme:
+        text = args.readme.read_text()
+        new = re.sub(
+            r"<!-- speed -->.*<!-- /speed -->",
+            f"<!-- speed -->\n{table}\n<!-- /speed -->",
+            text,
+            flags=re.S,
+        )
+        args.readme.write_text(new)
+
+
+if __name__ == "__main__":
+    main()
