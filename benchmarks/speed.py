@@ -51,7 +51,7 @@ def extraction(repeats: int) -> list[dict]:
         base = None
         for name in ["sift", "orb", *names]:
             ex = get_extractor(name)
-            t = median_time(lambda ex=ex: ex.extract(image), repeats)
+            t = median_time(lambda ex=ex, im=image: ex.extract(im), repeats)
             base = t if name == "sift" else base
             rows.append(
                 {
