@@ -129,7 +129,7 @@ def write_report(
         rs = [r for r in results if r.size == size]
         splits = [s for s in SPLITS if any(p.split == s for r in rs for p in r.pairs)]
         curves = {"all": {r.method: r.summary()["mma"] for r in rs}}
-        for split in splits:
+        for split in splits if len(splits) > 1 else []:  # one split would repeat "all"
             curves[split] = {r.method: r.summary(split)["mma"] for r in rs}
         tag = size
         files[f"mma_{tag}"] = save_figure(
