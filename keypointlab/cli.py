@@ -192,6 +192,32 @@ def cmd_ship(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from keypointlab.adaptation import homographic_adaptation, load_trained_model
+
+    net = load_trained_model(args.checkpoint, device=args.device)
+    report = homographic_adaptation(
+        net,
+        args.images,
+        args.out,
+        n_homographies=args.num_homographies,
+        threshold=args.threshold,
+        nms_radius=args.nms_radius,
+        max_keypoints=args.max_keypoints,
+        max_side=args.max_side,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(
+        f"{report.written} images labelled ({report.keypoints} keypoints), "
+        f"{len(report.skipped)} skipped -> {args.out}"
+    )
+    for path, reason in report.skipped:
+        print(f"  skipped {path}: {reason}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from keypointlab.demo import run_demo
 
@@ -272,6 +298,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", type=Path, default=Path("../shared/data/eval"))
     p.add_argument("--note", default="", help="a paragraph for the model card")
     p.set_defaults(func=cmd_ship)
+
+    p = sub.add_parser(
+        "adapt", help="homographic adaptation: pseudo-ground-truth keypoints of a folder"
+    )
+    p.add_argument("checkpoint", type=Path, help="magicpoint/superpoint checkpoint or run folder")
+    p.add_argument("images", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("--out", type=Path, required=True, help="output labels .h5")
+    p.add_argument("--num-homographies", type=int, default=20, help="views per image (paper: 100)")
+    p.add_argument("--threshold", type=float, default=0.015, help="smallest aggregated score")
+    p.add_argument("--nms-radius", type=int, default=4)
+    p.add_argument("--max-keypoints", type=int, default=1000, help="per image (0: all)")
+    p.add_argument("--max-side", type=int, default=320, help="downscale longer sides to this")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("match", help="match two images and draw the inlier matches")
     p.add_argument("image0", type=Path)

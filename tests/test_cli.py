@@ -344,7 +344,10 @@ def test_evaluate_unreadable_and_truncated_images_skip_their_pairs(
     skipped = _skipped_items(res)
     assert str(data / "v_astro" / "2.png") in skipped["v_astro 1-2"]
     assert "not a readable image" in skipped["v_astro 1-2"]
-    assert str(truncated) in skipped["i_astro 1-3"] and "truncated" in skipped["i_astro 1-3"]
+    # OpenCV 5 refuses a PNG without IEND ("not a readable image"); lenient builds decode it
+    # and the end-of-stream check says "truncated": either way the file is named
+    assert str(truncated) in skipped["i_astro 1-3"]
+    assert re.search("truncated|not a readable image", skipped["i_astro 1-3"])
     assert "v_astro 1-2" in stdout and "i_astro 1-3" in stdout
     md = (out / "report.md").read_text().split("## Skipped", 1)[1]
     assert "v_astro 1-2" in md and "i_astro 1-3" in md
@@ -425,12 +428,14 @@ def _image_folder(root: Path) -> Path:
 
 
 def _groups(h5: h5py.File) -> dict[str, h5py.Group]:
+    """Every group holding features, by its full name."""
     found: dict[str, h5py.Group] = {}
-    h5.visititems(
-        lambda name, obj: found.__setitem__(name, obj)
-        if isinstance(obj, h5py.Group) and "descriptors" in obj
-        else None
-    )
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Group) and "descriptors" in obj:
+            found[name] = obj
+
+    h5.visititems(visit)
     return found
 
 
@@ -538,8 +543,15 @@ def test_safe_key_examples(relative: str, key: str) -> None:
     assert safe_key(relative) == key
 
 
+KEY_CHARS = st.one_of(
+    st.sampled_from(["/", ".", "\\", "\x00", "%", " "]),  # separators and escapes
+    st.characters(categories=["Cs"]),  # surrogates: non-UTF-8 bytes of a file name
+    st.characters(codec=None, exclude_categories=()),
+)
+
+
 @settings(max_examples=50, deadline=None)
-@given(st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=12))
+@given(st.text(alphabet=KEY_CHARS, max_size=12))
 def test_safe_key_is_always_a_storable_group_name(relative: str) -> None:
     key = safe_key(relative)
     assert safe_key_parts_ok(key)

@@ -208,7 +208,9 @@ def _build_synthetic(conf: dict[str, Any], images: Any, seed: int) -> Dataset:
 def _build_pairs(conf: dict[str, Any], images: list[np.ndarray] | None, seed: int) -> Dataset:
     if images is None:
         raise ValueError("the 'pairs' source needs the images of data.train")
-    return HomographicPairs(images, tuple(conf["size"]), conf["homography"], _photometric(conf), seed=seed)
+    return HomographicPairs(
+        images, tuple(conf["size"]), conf["homography"], _photometric(conf), seed=seed
+    )
 
 
 # ----------------------------------------------------------------- adapted pairs

@@ -10,13 +10,16 @@ averaged over the *valid* cells: a cell is valid when all its pixels lie in the 
 region of the view (the part of a warped view that comes from inside the source image).
 
 Descriptor loss ``L_d``. For every pair of cells ``(hw, h'w')`` of view 0 and view 1, with
-``s = 1`` when the centre of ``hw`` warped by ``H_0to1`` is within
-``descriptor_threshold`` (8) px of the centre of ``h'w'``::
+``s = 1`` when the centre of ``hw`` warped by ``H_0to1`` is less than
+``descriptor_threshold`` (8) px from the centre of ``h'w'``::
 
     l_d = lambda_d * s * max(0, m_p - d . d') + (1 - s) * max(0, d . d' - m_n)
 
 with ``d, d'`` the L2-normalised coarse descriptors of the cells. ``L_d`` is the mean over
-the pairs of valid cells (the paper's ``1 / (Hc Wc)^2`` sum when every cell is valid).
+the pairs of valid cells (the paper's ``1 / (Hc Wc)^2`` sum when every cell is valid). The
+paper writes ``<= 8``; the strict ``< 8`` keeps the neighbours of a cell, exactly 8 px away
+under an identity-like warp, from counting as positives (rpautrat/SuperPoint uses
+``<= 7.5`` for the same reason).
 
 Totals::
 
@@ -53,7 +56,7 @@ DEFAULT_CONF: dict[str, Any] = {
     "lambda_d": 250.0,  # weight of the positive pairs
     "margin_positive": 1.0,
     "margin_negative": 0.2,
-    "descriptor_threshold": 8.0,  # px between cell centres for a positive pair
+    "descriptor_threshold": 8.0,  # px (strictly less) between cell centres of positive pairs
 }
 
 
@@ -172,8 +175,8 @@ def descriptor_loss(
         desc0, desc1: ``(B, D, Hc, Wc)`` coarse descriptor maps (normalised here).
         H_0to1: ``(B, 3, 3)`` homographies from view-0 to view-1 pixels.
         valid_mask0, valid_mask1: ``(B, H, W)`` valid pixels of each view (``None``: all).
-        threshold: a pair is positive when the warped view-0 cell centre is within this
-            many pixels of the view-1 cell centre.
+        threshold: a pair is positive when the warped view-0 cell centre is less than this
+            many pixels from the view-1 cell centre.
         cell: cell size in pixels.
 
     Returns:
@@ -187,7 +190,10 @@ def descriptor_loss(
     d1 = F.normalize(desc1.flatten(2), dim=1).transpose(1, 2)  # (B, M, D)
     centers = cell_centers(hc, wc, cell, desc0.device, desc0.dtype).flatten(1).T  # (N, 2)
     warped = warp_points(centers.expand(b, -1, -1), H_0to1.to(desc0.dtype))
-    positive = torch.cdist(warped, centers.expand(b, -1, -1)) <= threshold  # (B, N, M)
+    dist = torch.cdist(
+        warped, centers.expand(b, -1, -1), compute_mode="donot_use_mm_for_euclid_dist"
+    )
+    positive = dist < threshold  # (B, N, M); exact distances (no matmul trick)
     dot = d0 @ d1.transpose(1, 2)
     per_pair = torch.where(
         positive,
