@@ -56,9 +56,10 @@ from tqdm import tqdm
 
 from keypointlab.data.images import list_images, read_images, resize_image, to_gray
 from keypointlab.data.pairs import homography_config
-from keypointlab.data.sources import VALID_BORDER, resize_matrix
+from keypointlab.data.sources import VALID_BORDER
 from keypointlab.features.export import safe_key
 from keypointlab.geometry import HomographyConfig, sample_homography, warp_image_torch, warp_points
+from keypointlab.geometry.homography import resize_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -83,34 +84,11 @@ class AdaptationReport:
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The model of a training checkpoint (``ckpt_*.pt``) or of the newest checkpoint in a
-    run folder, in eval mode.
+    """The model of a training checkpoint or run folder, in eval mode (see
+    :func:`keypointlab.training.checkpoint.load_model`)."""
+    from keypointlab.training.checkpoint import load_model
 
-    Raises:
-        FileNotFoundError: no checkpoint there.
-        ValueError: the weights do not fit the checkpoint's model.
-    """
-    from keypointlab.training.checkpoint import load_checkpoint, load_latest
-    from keypointlab.training.methods import get_method
-
-    path = Path(path)
-    if path.is_dir():
-        found = load_latest(path)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no checkpoint in this folder")
-        path, state = found
-    elif path.is_file():
-        state = load_checkpoint(path)
-    else:
-        raise FileNotFoundError(f"{path}: no such checkpoint or run folder")
-    model = get_method(state["method"]).model_cls(state["config"]["model"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{path}: weights do not fit model {state['method']!r}: {str(exc).splitlines()[0]}"
-        ) from exc
-    return model.to(device).eval()
+    return load_model(path, device)[1]
 
 
 def _erode(mask: torch.Tensor, border: int) -> torch.Tensor:

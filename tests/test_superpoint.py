@@ -17,13 +17,12 @@ import torch.nn.functional as F
 import keypointlab
 from keypointlab.adaptation import homographic_adaptation, load_trained_model
 from keypointlab.cli import main as cli_main
-from keypointlab.data.pairs import random_crop
+from keypointlab.data.pairs import random_crop, random_crop_with_matrix
 from keypointlab.data.samples import sample_photo
 from keypointlab.data.sources import (
     AdaptedPairs,
     SyntheticTraining,
     build_dataset,
-    crop_with_matrix,
 )
 from keypointlab.geometry import warp_points
 from keypointlab.losses import superpoint as L
@@ -257,7 +256,7 @@ def test_adapted_pairs_labels_are_consistent(tmp_path: Path):
     image = sample_photo("astronaut", (96, 128))
     rng = np.random.default_rng([4, 2])
     a = random_crop(image, (48, 64), np.random.default_rng([4, 2]))
-    b, matrix = crop_with_matrix(image, (48, 64), rng)
+    b, matrix = random_crop_with_matrix(image, (48, 64), rng)
     assert np.array_equal(a, b)  # same draws and pixels as HomographicPairs' crop
     grid = np.stack(np.meshgrid(np.arange(4, 128, 9.0), np.arange(4, 96, 9.0)), -1)
     points = grid.reshape(-1, 2)

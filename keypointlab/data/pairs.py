@@ -23,6 +23,7 @@ from tqdm import tqdm
 from keypointlab.data.augment import Photometric
 from keypointlab.data.images import list_images, read_images
 from keypointlab.geometry import HomographyConfig, sample_homography, warp_image
+from keypointlab.geometry.homography import resize_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +74,12 @@ def load_image_cache(root: str | Path, max_side: int, progress: bool = True) -> 
     return images
 
 
-def random_crop(
+def random_crop_with_matrix(
     image: np.ndarray, size: tuple[int, int], rng: np.random.Generator, min_scale: float = 0.6
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """A random crop with the aspect of ``size`` covering ``[min_scale, 1]`` of the largest
-    such crop, resized to ``size = (h, w)``."""
+    such crop, resized to ``size = (h, w)``, and the 3x3 matrix mapping ``image`` pixels to
+    crop pixels."""
     h, w = image.shape[:2]
     th, tw = size
     full = min(h / th, w / tw)  # largest crop scale in target-pixel units
@@ -87,7 +89,16 @@ def random_crop(
     x0 = int(rng.integers(0, w - cw + 1))
     crop = image[y0 : y0 + ch, x0 : x0 + cw]
     interp = cv2.INTER_AREA if ch > th else cv2.INTER_LINEAR
-    return cv2.resize(crop, (tw, th), interpolation=interp)
+    shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64)
+    matrix = resize_matrix((ch, cw), (th, tw)) @ shift
+    return cv2.resize(crop, (tw, th), interpolation=interp), matrix
+
+
+def random_crop(
+    image: np.ndarray, size: tuple[int, int], rng: np.random.Generator, min_scale: float = 0.6
+) -> np.ndarray:
+    """:func:`random_crop_with_matrix` without the matrix."""
+    return random_crop_with_matrix(image, size, rng, min_scale)[0]
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

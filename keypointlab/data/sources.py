@@ -49,11 +49,13 @@ from keypointlab.data.pairs import (
     HomographicPairs,
     homography_config,
     load_image_cache,
+    random_crop_with_matrix,
     to_tensor,
 )
 from keypointlab.data.synthetic import SyntheticShapes, points_to_map
 from keypointlab.features.export import safe_key
 from keypointlab.geometry import inside_image, sample_homography, warp_image, warp_points
+from keypointlab.geometry.homography import resize_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -101,32 +103,6 @@ def _photometric(data_conf: dict[str, Any]) -> Photometric | None:
 
 
 # ------------------------------------------------------------------------ helpers
-
-
-def resize_matrix(old_size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:
-    """3x3 map from the pixels of an image of ``old_size = (h, w)`` to the same image
-    resized to ``new_size`` by OpenCV: pixel centres map as ``x' = (x + 0.5) * s - 0.5``."""
-    sx, sy = new_size[1] / old_size[1], new_size[0] / old_size[0]
-    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], np.float64)
-
-
-def crop_with_matrix(
-    image: np.ndarray, size: tuple[int, int], rng: np.random.Generator, min_scale: float = 0.6
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`keypointlab.data.pairs.random_crop` (same random draws, same pixels) that also
-    returns the 3x3 matrix mapping ``image`` pixels to crop pixels."""
-    h, w = image.shape[:2]
-    th, tw = size
-    full = min(h / th, w / tw)
-    s = full * rng.uniform(min_scale, 1.0)
-    ch, cw = max(1, int(th * s)), max(1, int(tw * s))
-    y0 = int(rng.integers(0, h - ch + 1))
-    x0 = int(rng.integers(0, w - cw + 1))
-    crop = image[y0 : y0 + ch, x0 : x0 + cw]
-    interp = cv2.INTER_AREA if ch > th else cv2.INTER_LINEAR
-    shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64)
-    matrix = resize_matrix((ch, cw), (th, tw)) @ shift
-    return cv2.resize(crop, (tw, th), interpolation=interp), matrix
 
 
 def valid_mask(H: np.ndarray, size: tuple[int, int], border: int = VALID_BORDER) -> np.ndarray:
@@ -309,7 +285,7 @@ class AdaptedPairs(HomographicPairs):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])
         k = int(rng.integers(len(self.images)))
-        view0, crop = crop_with_matrix(self.images[k], self.size, rng)
+        view0, crop = random_crop_with_matrix(self.images[k], self.size, rng)
         H = sample_homography(self.size, rng, self.homography)
         view1 = warp_image(view0, H, self.size)
         if self.photometric is not None:

@@ -115,21 +115,9 @@ def load_checkpoint_extractor(
     path: str | Path, device: str | torch.device = "cpu", max_keypoints: int = 2000
 ) -> DenseExtractor:
     """An extractor from a training checkpoint (``ckpt_*.pt``) or a run folder."""
-    from keypointlab.training.checkpoint import load_checkpoint, load_latest
+    from keypointlab.training.checkpoint import load_model
+    from keypointlab.training.methods import get_method
 
-    path = Path(path)
-    if path.is_dir():
-        found = load_latest(path)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no checkpoint in this folder")
-        path, state = found
-    else:
-        state = load_checkpoint(path)
-    method, model = _build(state["method"], state["config"]["model"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{path}: weights do not fit model {state['method']!r}: {str(exc).splitlines()[0]}"
-        ) from exc
-    return DenseExtractor(method.dense_net(model), path.stem, max_keypoints, device=device)
+    state, model = load_model(path, device)
+    net = get_method(state["method"]).dense_net(model)
+    return DenseExtractor(net, Path(path).stem, max_keypoints, device=device)

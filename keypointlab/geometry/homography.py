@@ -159,6 +159,13 @@ def scale_homography(
     return S1 @ np.asarray(H_0to1, dtype=np.float64) @ S0_inv
 
 
+def resize_matrix(old_size: tuple[int, int], new_size: tuple[int, int]) -> np.ndarray:
+    """3x3 map from the pixels of an image of ``old_size = (h, w)`` to the same image
+    resized to ``new_size`` by OpenCV: pixel centres map as ``x' = (x + 0.5) * s - 0.5``."""
+    sx, sy = new_size[1] / old_size[1], new_size[0] / old_size[0]
+    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], np.float64)
+
+
 def resize_scale(old_size: tuple[int, int], new_size: tuple[int, int]) -> tuple[float, float]:
     """``(sx, sy)`` that takes an image of ``old_size`` to ``new_size`` (both ``(h, w)``)."""
     return new_size[1] / old_size[1], new_size[0] / old_size[0]
