@@ -99,6 +99,10 @@ def load_sequence(folder: Path, root: Path) -> tuple[Sequence | None, list[Skipp
     images = {i: p for i in range(1, N_IMAGES + 1) if (p := _find_image(folder, i))}
     skipped: list[Skipped] = []
     seq = Sequence(name=name, root=root, images=images)
+    if not any(
+        (folder / f).is_file() for n in range(2, N_IMAGES + 1) for f in (f"H_1_{n}", f"H1to{n}p")
+    ):
+        return None, [Skipped(name, "no homography files (H_1_N or H1toNp): sequence skipped")]
     for n in range(2, N_IMAGES + 1):
         hfile = next((p for p in (folder / f"H_1_{n}", folder / f"H1to{n}p") if p.is_file()), None)
         if n not in images:

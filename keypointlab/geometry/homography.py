@@ -27,6 +27,11 @@ class InvalidHomographyError(ValueError):
     """A homography that is not a finite, invertible 3x3 matrix."""
 
 
+def _fmt(H: np.ndarray) -> str:
+    """A matrix on one line, for error messages."""
+    return np.array2string(np.asarray(H), precision=4, separator=",").replace("\n", "")
+
+
 def check_homography(H: np.ndarray, name: str = "homography") -> np.ndarray:
     """Return ``H`` as a float64 (3, 3) array, or raise naming ``name``.
 
@@ -37,10 +42,10 @@ def check_homography(H: np.ndarray, name: str = "homography") -> np.ndarray:
     if H.shape != (3, 3):
         raise InvalidHomographyError(f"{name}: expected a 3x3 matrix, got shape {H.shape}")
     if not np.all(np.isfinite(H)):
-        raise InvalidHomographyError(f"{name}: has non-finite entries:\n{H}")
+        raise InvalidHomographyError(f"{name}: has non-finite entries {_fmt(H)}")
     scale = np.abs(H).max()
     if scale == 0 or abs(np.linalg.det(H / scale)) < 1e-12:
-        raise InvalidHomographyError(f"{name}: is singular (determinant ~ 0):\n{H}")
+        raise InvalidHomographyError(f"{name}: is singular (determinant ~ 0) {_fmt(H)}")
     return H
 
 
