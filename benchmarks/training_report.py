@@ -42,7 +42,7 @@ def curve_figure(runs: dict[str, list[dict]], baselines: dict[str, dict]) -> Fig
             )
         for k, (name, summary) in enumerate(baselines.items()):
             ax.axhline(summary[key], color=f"C{k + len(runs)}", ls="--", label=name)
-        ax.set_xlabel("training time [min, 2-core CPU]")
+        ax.set_xlabel("training time [min]")
         ax.set_ylabel(label)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
