@@ -11,10 +11,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from keypointlab.features.base import Features
 from keypointlab.geometry import corner_error, inside_image, warp_points
-from keypointlab.matching import estimate_homography, match_nn
+from keypointlab.matching import descriptor_distances, estimate_homography, match_nn
 
 MMA_THRESHOLDS = tuple(range(1, 11))
 
@@ -113,17 +114,19 @@ def matching_score(
     if len(t1) == 0 or len(t2) == 0:
         return 0.0
     H_inv = np.linalg.inv(H)
+    d = descriptor_distances(
+        torch.from_numpy(t1.descriptors.astype(np.float64)),
+        torch.from_numpy(t2.descriptors.astype(np.float64)),
+    )
+    nn12, nn21 = d.argmin(dim=1).numpy(), d.argmin(dim=0).numpy()  # one matrix, both ways
 
-    def one_way(a: Features, b: Features, H_b_to_a: np.ndarray) -> float:
-        nn = match_nn(
-            a.descriptors.astype(np.float64), b.descriptors.astype(np.float64), mutual=False
-        ).numpy()
+    def one_way(a: Features, b: Features, nn: np.ndarray, H_b_to_a: np.ndarray) -> float:
         back = warp_points(b.keypoints[nn], H_b_to_a)
         vis = inside_image(back, a.image_size)
         correct = vis & (np.linalg.norm(back - a.keypoints, axis=1) < threshold)
         return correct.sum() / max(vis.sum(), 1)
 
-    return float((one_way(t1, t2, H_inv) + one_way(t2, t1, H)) / 2)
+    return float((one_way(t1, t2, nn12, H_inv) + one_way(t2, t1, nn21, H)) / 2)
 
 
 def mean_matching_accuracy(
