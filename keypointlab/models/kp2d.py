@@ -16,15 +16,12 @@ from torch import nn
 
 from keypointlab.geometry.keypoints import cell_centers
 from keypointlab.models.base import BaseModel
+from keypointlab.models.blocks import conv_block
 
 
-def conv_bn(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    """Conv, batch norm and LeakyReLU (KP2D's block)."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.LeakyReLU(0.1, inplace=True),
-    )
+def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
+    """Conv, batch norm and LeakyReLU(0.1): KP2D's block."""
+    return conv_block(cin, cout, k, stride, slope=0.1)
 
 
 class KeyPointNet(BaseModel):
@@ -56,11 +53,7 @@ class KeyPointNet(BaseModel):
         stride = conf["stem_stride"]
         if stride not in (1, 2):
             raise ValueError(f"KeyPointNet: stem_stride must be 1 or 2, got {stride}")
-        stem = nn.Sequential(
-            nn.Conv2d(3, c1, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(c1),
-            nn.LeakyReLU(0.1, inplace=True),
-        )
+        stem = conv_bn(3, c1, stride=stride)
         self.block1 = nn.Sequential(stem, conv_bn(c1, c1))
         self.block2 = nn.Sequential(conv_bn(c1, c2), conv_bn(c2, c2))
         self.block3 = nn.Sequential(conv_bn(c2, c3), conv_bn(c3, c3))

@@ -44,20 +44,12 @@ from torch import nn
 
 from keypointlab.losses import superpoint as sp_losses
 from keypointlab.models.base import BaseModel
+from keypointlab.models.blocks import conv_block, vgg_encoder
 
 # methods.py imports this module lazily (``_load_optional_methods``): no import cycle.
 from keypointlab.training.methods import Method, register_method, split_views
 
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as OpenCV's RGB2GRAY
-
-
-def conv_bn_relu(cin: int, cout: int, batch_norm: bool = True) -> nn.Sequential:
-    """3x3 conv (+ batch norm) + ReLU, SuperPoint's block."""
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(cout))
-    layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 def to_grey(image: torch.Tensor) -> torch.Tensor:
@@ -184,17 +176,12 @@ class MagicPoint(BaseModel):
         if conf["cell"] != 8:
             raise ValueError(f"{name}: cell must be 8 (three 2x2 max-pools), got {conf['cell']}")
         bn = conf["batch_norm"]
-        layers: list[nn.Module] = []
-        cin = 1
-        for k, w in enumerate(widths):
-            layers += [conv_bn_relu(cin, w, bn), conv_bn_relu(w, w, bn)]
-            if k < 3:
-                layers.append(nn.MaxPool2d(2, 2))
-            cin = w
-        self.encoder = nn.Sequential(*layers)
+        self.encoder = vgg_encoder(widths, 1, batch_norm=bn)
         c, hw = widths[-1], conf["head_width"]
         cell = conf["cell"]
-        self.detector = nn.Sequential(conv_bn_relu(c, hw, bn), nn.Conv2d(hw, cell * cell + 1, 1))
+        self.detector = nn.Sequential(
+            conv_block(c, hw, batch_norm=bn), nn.Conv2d(hw, cell * cell + 1, 1)
+        )
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """Encoder features ``(B, channels[-1], H / 8, W / 8)`` of a 1- or 3-channel image."""
@@ -224,7 +211,7 @@ class SuperPoint(MagicPoint):
         super()._init(conf)
         c, hw = conf["channels"][-1], conf["head_width"]
         self.descriptor = nn.Sequential(
-            conv_bn_relu(c, hw, conf["batch_norm"]), nn.Conv2d(hw, conf["descriptor_dim"], 1)
+            conv_block(c, hw, conf["batch_norm"]), nn.Conv2d(hw, conf["descriptor_dim"], 1)
         )
 
     def _forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

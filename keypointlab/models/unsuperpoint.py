@@ -28,18 +28,10 @@ from torch import nn
 from keypointlab.geometry.keypoints import cell_centers
 from keypointlab.losses import unsuperpoint as usp_losses
 from keypointlab.models.base import BaseModel
+from keypointlab.models.blocks import conv_block, vgg_encoder
 
 # methods.py imports this module lazily (``_load_optional_methods``): no import cycle.
 from keypointlab.training.methods import Method, register_method, split_views
-
-
-def conv_bn_lrelu(cin: int, cout: int, slope: float) -> nn.Sequential:
-    """3x3 conv, batch norm and LeakyReLU (UnsuperPoint's block)."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.LeakyReLU(slope, inplace=True),
-    )
 
 
 class UnsuperPoint(BaseModel):
@@ -69,21 +61,16 @@ class UnsuperPoint(BaseModel):
                 f"UnsuperPoint: cell must be 8 (three 2x2 max-pools), got {conf['cell']}"
             )
         slope = conf["negative_slope"]
-        layers: list[nn.Module] = []
-        cin = 3
-        for k, w in enumerate(widths):
-            layers += [conv_bn_lrelu(cin, w, slope), conv_bn_lrelu(w, w, slope)]
-            if k < 3:
-                layers.append(nn.MaxPool2d(2, 2))
-            cin = w
-        self.backbone = nn.Sequential(*layers)
+        self.backbone = vgg_encoder(widths, 3, slope=slope)
         c = widths[-1]
-        self.score_head = nn.Sequential(conv_bn_lrelu(c, c, slope), nn.Conv2d(c, 1, 3, padding=1))
+        self.score_head = nn.Sequential(
+            conv_block(c, c, slope=slope), nn.Conv2d(c, 1, 3, padding=1)
+        )
         self.position_head = nn.Sequential(
-            conv_bn_lrelu(c, c, slope), nn.Conv2d(c, 2, 3, padding=1)
+            conv_block(c, c, slope=slope), nn.Conv2d(c, 2, 3, padding=1)
         )
         self.descriptor_head = nn.Sequential(
-            conv_bn_lrelu(c, c, slope), nn.Conv2d(c, conf["descriptor_dim"], 3, padding=1)
+            conv_block(c, c, slope=slope), nn.Conv2d(c, conf["descriptor_dim"], 3, padding=1)
         )
 
     def _forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
