@@ -57,6 +57,12 @@ def location_loss(dist: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return dist[valid].mean() if valid.any() else dist.sum() * 0
 
 
+def within_relax_field(positions: torch.Tensor, relax_field: float) -> torch.Tensor:
+    """``(B, N, N)`` mask of point pairs no more than ``relax_field`` px apart in x and y."""
+    delta = (positions.unsqueeze(2) - positions.unsqueeze(1)).abs()
+    return (delta[..., 0] <= relax_field) & (delta[..., 1] <= relax_field)
+
+
 def triplet_descriptor_loss(
     anchor: torch.Tensor,
     positive: torch.Tensor,
@@ -79,8 +85,7 @@ def triplet_descriptor_loss(
         candidate is their own positive.
     """
     d = torch.cdist(anchor, positive)  # (B, N, N)
-    delta = (positions.unsqueeze(2) - positions.unsqueeze(1)).abs()
-    near = (delta[..., 0] <= relax_field) & (delta[..., 1] <= relax_field)
+    near = within_relax_field(positions, relax_field)
     negatives_ok = ~near & valid.unsqueeze(1)
     d_neg = torch.where(negatives_ok, d, torch.full_like(d, 4.0)).min(dim=-1).values
     d_pos = d.diagonal(dim1=1, dim2=2)
@@ -104,8 +109,7 @@ def infonce_descriptor_loss(
     """Cross-entropy of each anchor over all valid positives (own positive = the class);
     other points within ``relax_field`` px are left out of the softmax."""
     sim = anchor @ positive.transpose(1, 2) / temperature  # (B, N, N)
-    delta = (positions.unsqueeze(2) - positions.unsqueeze(1)).abs()
-    near = (delta[..., 0] <= relax_field) & (delta[..., 1] <= relax_field)
+    near = within_relax_field(positions, relax_field)
     eye = torch.eye(sim.shape[-1], dtype=torch.bool, device=sim.device).unsqueeze(0)
     keep = (~near | eye) & valid.unsqueeze(1)
     sim = sim.masked_fill(~keep, float("-inf"))
