@@ -140,6 +140,61 @@ def aggregate_heatmap(
     return total / count
 
 
+class AdaptedDetector(nn.Module):
+    """A heatmap detector run with homographic adaptation at test time.
+
+    Each image's heatmap is :func:`aggregate_heatmap` over the identity and
+    ``n_homographies - 1`` random homographies (drawn from a generator seeded with
+    ``seed`` for every image, so results do not depend on the order of the images), then
+    reduced to the dense outputs of the wrapped network (per-cell best pixel, see
+    :func:`keypointlab.models.superpoint.cell_maxima`), so
+    :class:`keypointlab.features.learned.DenseExtractor` runs it like any model.
+    Descriptors are the wrapped network's on the unwarped image.
+
+    This measures what adaptation does to a detector: the same network with and without
+    it, on the same protocol (``benchmarks/adaptation_repeatability.py``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        n_homographies: int = 20,
+        homography: HomographyConfig | dict | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.n_homographies = n_homographies
+        self.homography = homography_config(
+            homography if homography is not None else ADAPTATION_HOMOGRAPHY
+        )
+        self.seed = seed
+        self.batch_size = batch_size
+
+    def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from keypointlab.models.superpoint import cell_maxima
+
+        images = data["image"]
+        size = tuple(images.shape[-2:])
+        out = dict(self.net(data))
+        heatmaps = []
+        for image in images:
+            rng = np.random.default_rng(self.seed)
+            Hs = [
+                sample_homography(size, rng, self.homography)
+                for _ in range(max(0, self.n_homographies - 1))
+            ]
+            Hs = torch.from_numpy(np.stack(Hs)) if Hs else torch.zeros(0, 3, 3)
+            heat = aggregate_heatmap(self.net, image[None], Hs, batch_size=self.batch_size)
+            heatmaps.append(heat[None, None])
+        heatmap = torch.cat(heatmaps).to(out["heatmap"].dtype)
+        out.update(
+            heatmap=heatmap, **cell_maxima(heatmap, images.shape[-1] // out["scores"].shape[-1])
+        )
+        return out
+
+
 def adapt_image(
     net: nn.Module,
     image: np.ndarray,

@@ -396,3 +396,41 @@ def test_overfit_one_synthetic_batch_drives_detector_loss_down(tmp_path: Path):
     first = np.mean([log[s]["detector"] for s in (1, 2, 3)])
     last = np.mean([log[s]["detector"] for s in (38, 39, 40)])
     assert last < 0.6 * first, (first, last)
+
+
+class _ImageIsHeatmap(torch.nn.Module):
+    """A 'detector' whose heatmap is its grey input: adaptation must give it back."""
+
+    def forward(self, data):
+        from keypointlab.models.superpoint import cell_maxima
+
+        heat = data["image"][:, :1]
+        return {"heatmap": heat, "descriptors": heat[:, :, ::8, ::8], **cell_maxima(heat)}
+
+
+def test_adapted_detector_keeps_a_peak_where_it_is():
+    from keypointlab.adaptation import AdaptedDetector
+
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(64.0), indexing="ij")
+    image = torch.exp(-((xx - 37) ** 2 + (yy - 21) ** 2) / (2 * 2.0**2))[None, None]
+    out = AdaptedDetector(_ImageIsHeatmap(), n_homographies=10, seed=3)({"image": image})
+    assert out["heatmap"].shape == (1, 1, 48, 64) and out["scores"].shape == (1, 1, 6, 8)
+    # the aggregated heatmap still peaks at (37, 21), which is the keypoint of cell (2, 4)
+    peak = int(out["heatmap"].flatten().argmax())
+    assert (peak % 64, peak // 64) == (37, 21)
+    assert out["keypoints"][0, :, 2, 4].tolist() == [37.0, 21.0]
+    # the random views were really used: the map differs from the input away from the peak
+    assert not torch.allclose(out["heatmap"], image, atol=1e-3)
+
+
+def test_adapted_detector_with_one_view_is_the_detector():
+    from keypointlab.adaptation import AdaptedDetector
+
+    torch.manual_seed(0)
+    net = MagicPoint(TINY).eval()
+    image = torch.rand(2, 1, 32, 48)
+    with torch.no_grad():
+        plain = net({"image": image})
+        adapted = AdaptedDetector(net, n_homographies=1)({"image": image})
+    for key in ("heatmap", "scores", "keypoints", "descriptors"):
+        torch.testing.assert_close(adapted[key], plain[key])

@@ -60,24 +60,37 @@ def to_grey(image: torch.Tensor) -> torch.Tensor:
     return (image * w).sum(1, keepdim=True)
 
 
+def cell_maxima(heatmap: torch.Tensor, cell: int = 8) -> dict[str, torch.Tensor]:
+    """The best pixel of each ``cell x cell`` cell of a ``(B, 1, H, W)`` heatmap.
+
+    Returns ``scores`` ``(B, 1, H / cell, W / cell)`` (the cell's highest value; ties keep
+    the first pixel in raster order) and ``keypoints`` ``(B, 2, H / cell, W / cell)`` (pixel
+    xy of that pixel).
+    """
+    b, _, h, w = heatmap.shape
+    if h % cell or w % cell:
+        raise ValueError(f"heatmap of size {(h, w)} is not a multiple of the cell {cell}")
+    hc, wc = h // cell, w // cell
+    scores, idx = F.pixel_unshuffle(heatmap, cell).max(dim=1, keepdim=True)
+    ys = torch.arange(hc, device=heatmap.device, dtype=heatmap.dtype).view(1, 1, hc, 1) * cell
+    xs = torch.arange(wc, device=heatmap.device, dtype=heatmap.dtype).view(1, 1, 1, wc) * cell
+    x = xs + (idx % cell).to(heatmap.dtype)
+    y = ys + torch.div(idx, cell, rounding_mode="floor").to(heatmap.dtype)
+    return {"scores": scores, "keypoints": torch.cat([x, y], dim=1)}
+
+
 def detector_outputs(logits: torch.Tensor, cell: int = 8) -> dict[str, torch.Tensor]:
     """Heatmap and per-cell best keypoint from ``(B, cell^2 + 1, Hc, Wc)`` logits.
 
     Returns ``heatmap`` ``(B, 1, Hc * cell, Wc * cell)`` (softmax without the dustbin),
     ``scores`` ``(B, 1, Hc, Wc)`` (the best probability of each cell) and ``keypoints``
-    ``(B, 2, Hc, Wc)`` (pixel xy of that best pixel).
+    ``(B, 2, Hc, Wc)`` (pixel xy of that best pixel), see :func:`cell_maxima`.
     """
-    b, c, hc, wc = logits.shape
+    c = logits.shape[1]
     if c != cell * cell + 1:
         raise ValueError(f"detector logits need {cell * cell + 1} channels, got {c}")
-    prob = logits.softmax(dim=1)[:, :-1]  # (B, 64, Hc, Wc)
-    heatmap = F.pixel_shuffle(prob, cell)
-    scores, idx = prob.max(dim=1, keepdim=True)
-    ys = torch.arange(hc, device=logits.device, dtype=logits.dtype).view(1, 1, hc, 1) * cell
-    xs = torch.arange(wc, device=logits.device, dtype=logits.dtype).view(1, 1, 1, wc) * cell
-    x = xs + (idx % cell).to(logits.dtype)
-    y = ys + torch.div(idx, cell, rounding_mode="floor").to(logits.dtype)
-    return {"heatmap": heatmap, "scores": scores, "keypoints": torch.cat([x, y], dim=1)}
+    heatmap = F.pixel_shuffle(logits.softmax(dim=1)[:, :-1], cell)
+    return {"heatmap": heatmap, **cell_maxima(heatmap, cell)}
 
 
 def heatmap_nms_keypoints(
