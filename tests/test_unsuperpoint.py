@@ -190,6 +190,29 @@ def test_position_loss_for_a_pure_translation():
     assert float(losses["total"]) == pytest.approx(float(total), rel=1e-6)
 
 
+def test_infonce_option_replaces_the_hinge_on_a_translation():
+    """With descriptors that follow the content, the cross-entropy option finds every own
+    positive (recall 1, small loss); the hinge stays the default, and the total uses the
+    option's own weight."""
+    hc, wc = 4, 6
+    H = torch.tensor([[[1.0, 0, 8], [0, 1, 0], [0, 0, 1]]])  # one cell to the right
+    codes = torch.eye(hc * wc).T.reshape(hc * wc, hc, wc)[None]  # one-hot per cell
+    p0 = _grid_pred(torch.zeros(1, 2, hc, wc), hc, wc, torch.rand(1, 1, hc, wc))
+    p1 = _grid_pred(torch.zeros(1, 2, hc, wc), hc, wc, torch.rand(1, 1, hc, wc))
+    p0["descriptors"] = codes * 10
+    p1["descriptors"] = torch.roll(codes, 1, dims=-1) * 10  # content moved one cell right
+    conf = {"descriptor_loss": "infonce", "alpha_desc_infonce": 2.0}
+    losses, metrics = L.unsuperpoint_loss(p0, p1, H, (8 * hc, 8 * wc), conf)
+    assert float(metrics["recall"]) == pytest.approx(1.0)
+    assert float(losses["descriptor"]) < 1e-3
+    hinge, _ = L.unsuperpoint_loss(p0, p1, H, (8 * hc, 8 * wc))
+    assert float(hinge["descriptor"]) != pytest.approx(float(losses["descriptor"]))
+    rest = float(losses["total"]) - 2.0 * float(losses["descriptor"])
+    assert rest == pytest.approx(float(hinge["total"]) - 0.001 * float(hinge["descriptor"]))
+    with pytest.raises(KeyError, match="hinge or infonce"):
+        L.unsuperpoint_loss(p0, p1, H, (8 * hc, 8 * wc), {"descriptor_loss": "nce"})
+
+
 def test_paper_weights_are_the_defaults():
     c = L.DEFAULT_CONF
     assert (c["alpha_usp"], c["alpha_position"], c["alpha_score"]) == (1.0, 1.0, 2.0)

@@ -9,7 +9,10 @@ Terms (defaults follow KP2D's code):
   over pairs closer than ``max_distance`` (4 px), away from the border cells;
 - descriptor: triplet loss with the hardest negative outside ``relax_field`` px, margin 0.2
   (or ``"infonce"``: cross-entropy over the other view's points, an option that trains more
-  robustly from scratch at small scale);
+  robustly from scratch at small scale). From scratch, hardest negatives can collapse the
+  descriptors (every distance equal, the loss stuck at the margin); with
+  ``descriptor_warmup_steps = N`` the first ``N`` steps use the cross-entropy instead, so
+  the triplet loss starts from descriptors that already separate points;
 - score: UnsuperPoint-style ``(s_src + s_tgt) * (d - mean d)`` plus the squared difference
   between the source score and the target score map resampled at the warped point;
 - IO-Net: MSE between the inlier prediction of the top-k point pairs and +1/-1 labels
@@ -38,6 +41,7 @@ DEFAULT_CONF: dict[str, Any] = {
     "score_weight": 1.0,
     "io_weight": 1.0,
     "descriptor_loss": "triplet",  # or "infonce"
+    "descriptor_warmup_steps": 0,  # steps of "infonce" before descriptor_loss takes over
     "margin": 0.2,
     "temperature": 0.05,  # infonce only
     "relax_field": 4.0,
@@ -181,6 +185,7 @@ def kp2d_loss(
     image_size: tuple[int, int],
     io_net: torch.nn.Module | None = None,
     conf: dict[str, Any] | None = None,
+    step: int = 0,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """All KP2D terms for a batch of pairs.
 
@@ -190,6 +195,7 @@ def kp2d_loss(
         image_size: ``(H, W)`` of the views.
         io_net: the IO-Net, or None to skip its term.
         conf: overrides of :data:`DEFAULT_CONF`.
+        step: optimisation steps taken so far (for ``descriptor_warmup_steps``).
 
     Returns:
         ``(losses, metrics)``; ``losses["total"]`` is the weighted sum.
@@ -213,16 +219,16 @@ def kp2d_loss(
 
     desc_src = sample_descriptors(src["descriptors"], kp_src.detach(), image_size)
     desc_pos = sample_descriptors(tgt["descriptors"], kp_src_w.detach(), image_size)
-    if c["descriptor_loss"] == "triplet":
-        losses["descriptor"], recall = triplet_descriptor_loss(
-            desc_src, desc_pos, kp_src_w.detach(), border, c["margin"], c["relax_field"]
-        )
-    elif c["descriptor_loss"] == "infonce":
+    if c["descriptor_loss"] not in ("triplet", "infonce"):
+        raise KeyError(f"unknown descriptor_loss {c['descriptor_loss']!r}; use triplet or infonce")
+    if c["descriptor_loss"] == "infonce" or step < c["descriptor_warmup_steps"]:
         losses["descriptor"], recall = infonce_descriptor_loss(
             desc_src, desc_pos, kp_src_w.detach(), border, c["temperature"], c["relax_field"]
         )
     else:
-        raise KeyError(f"unknown descriptor_loss {c['descriptor_loss']!r}; use triplet or infonce")
+        losses["descriptor"], recall = triplet_descriptor_loss(
+            desc_src, desc_pos, kp_src_w.detach(), border, c["margin"], c["relax_field"]
+        )
 
     s_tgt_assoc = s_tgt.gather(1, idx)
     grid = normalize_coords(kp_src_w.detach(), image_size).unsqueeze(1)

@@ -19,12 +19,17 @@ Terms (weights are the paper's, :data:`DEFAULT_CONF`):
   ``lambda_d * c * max(0, m_p - f_a.f_b) + (1 - c) * max(0, f_a.f_b - m_n)`` with
   ``c = 1`` when the warped view-0 point is within ``descriptor_threshold`` (8) px of the
   view-1 point (``lambda_d`` = 250, ``m_p`` = 1, ``m_n`` = 0.2, ``alpha_desc`` = 0.001);
+- ``descriptor_loss: infonce`` (not the paper's; off by default): instead of the hinge,
+  KP2D's cross-entropy of each valid view-0 descriptor over the view-1 descriptor map
+  sampled at every warped view-0 point (its own warped point is the class; points within
+  4 px are left out), weighted by ``alpha_desc_infonce``;
 - ``decorrelation``: squared off-diagonal Pearson correlations between descriptor
   dimensions over an image's points, for both views (``alpha_decorr`` = 0.03).
 
 ``total = alpha_usp * (alpha_position * position + alpha_score * score + usp)
 + alpha_uni_xy * uni_xy + alpha_desc * descriptor + alpha_decorr * decorrelation``
-(the paper's grouping: ``alpha_usp`` weighs the three point-pair terms together).
+(the paper's grouping: ``alpha_usp`` weighs the three point-pair terms together; with the
+infonce option ``alpha_desc_infonce`` takes the place of ``alpha_desc``).
 
 Interpretations of the paper (which writes plain sums): each single sum is divided by its
 number of terms (a mean), and each double sum (descriptor pairs, correlation matrix) is
@@ -45,6 +50,7 @@ import torch.nn.functional as F
 
 from keypointlab.geometry import warp_points
 from keypointlab.geometry.keypoints import border_mask, nearest_points, sample_descriptors
+from keypointlab.losses.kp2d import infonce_descriptor_loss
 
 DEFAULT_CONF: dict[str, Any] = {
     "alpha_usp": 1.0,
@@ -58,6 +64,10 @@ DEFAULT_CONF: dict[str, Any] = {
     "margin_negative": 0.2,
     "correspondence_threshold": 4.0,  # px, point pairs of the point losses
     "descriptor_threshold": 8.0,  # px, positives of the descriptor loss
+    "descriptor_loss": "hinge",  # the paper's; or "infonce" (see the module docstring)
+    "alpha_desc_infonce": 1.0,  # weight of the infonce term when it is used
+    "temperature": 0.05,  # infonce only
+    "relax_field": 4.0,  # px, infonce only: neighbours left out of the softmax
 }
 
 
@@ -225,17 +235,27 @@ def unsuperpoint_loss(
 
     desc0 = sample_descriptors(pred0["descriptors"], kp0.detach(), image_size)
     desc1 = sample_descriptors(pred1["descriptors"], kp1.detach(), image_size)
-    losses["descriptor"], recall = descriptor_loss(
-        desc0,
-        desc1,
-        kp0_w,
-        kp1,
-        inside,
-        c["lambda_d"],
-        c["margin_positive"],
-        c["margin_negative"],
-        c["descriptor_threshold"],
-    )
+    if c["descriptor_loss"] == "hinge":
+        losses["descriptor"], recall = descriptor_loss(
+            desc0,
+            desc1,
+            kp0_w,
+            kp1,
+            inside,
+            c["lambda_d"],
+            c["margin_positive"],
+            c["margin_negative"],
+            c["descriptor_threshold"],
+        )
+        desc_weight = c["alpha_desc"]
+    elif c["descriptor_loss"] == "infonce":
+        positive = sample_descriptors(pred1["descriptors"], kp0_w.detach(), image_size)
+        losses["descriptor"], recall = infonce_descriptor_loss(
+            desc0, positive, kp0_w.detach(), inside, c["temperature"], c["relax_field"]
+        )
+        desc_weight = c["alpha_desc_infonce"]
+    else:
+        raise KeyError(f"unknown descriptor_loss {c['descriptor_loss']!r}; use hinge or infonce")
     losses["decorrelation"] = decorrelation_loss(torch.cat([desc0, desc1], dim=0))
 
     point_terms = (
@@ -246,7 +266,7 @@ def unsuperpoint_loss(
     losses["total"] = (
         c["alpha_usp"] * point_terms
         + c["alpha_uni_xy"] * losses["uni_xy"]
-        + c["alpha_desc"] * losses["descriptor"]
+        + desc_weight * losses["descriptor"]
         + c["alpha_decorr"] * losses["decorrelation"]
     )
     metrics = {

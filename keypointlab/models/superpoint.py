@@ -244,7 +244,9 @@ _NO_LABELS = (
 )
 
 
-def _magicpoint_step(model: MagicPoint, batch: dict[str, torch.Tensor], conf: dict) -> tuple:
+def _magicpoint_step(
+    model: MagicPoint, batch: dict[str, torch.Tensor], conf: dict, step: int = 0
+) -> tuple:
     """Detector loss on single labelled images (``image``, ``keypoint_map``, ``valid_mask``:
     the synthetic source) or on both views of labelled pairs (``image0/1``,
     ``keypoint_map0/1``, ``valid_mask0/1``: the adapted_pairs source)."""
@@ -261,7 +263,9 @@ def _magicpoint_step(model: MagicPoint, batch: dict[str, torch.Tensor], conf: di
     return sp_losses.magicpoint_loss(pred["logits"], maps, valid, conf)
 
 
-def _superpoint_step(model: SuperPoint, batch: dict[str, torch.Tensor], conf: dict) -> tuple:
+def _superpoint_step(
+    model: SuperPoint, batch: dict[str, torch.Tensor], conf: dict, step: int = 0
+) -> tuple:
     """Joint detector and descriptor loss on labelled homographic pairs."""
     if "keypoint_map0" not in batch:
         raise KeyError(_NO_LABELS.format(name="superpoint", sources="adapted_pairs"))

@@ -91,7 +91,9 @@ class UnsuperPoint(BaseModel):
         return {"scores": scores, "keypoints": kp, "descriptors": desc, "relative": relative}
 
 
-def _step(model: UnsuperPoint, batch: dict[str, torch.Tensor], conf: dict) -> tuple[dict, dict]:
+def _step(
+    model: UnsuperPoint, batch: dict[str, torch.Tensor], conf: dict, step: int = 0
+) -> tuple[dict, dict]:
     p0, p1 = split_views(model, batch)
     size = tuple(batch["image0"].shape[-2:])
     return usp_losses.unsuperpoint_loss(p0, p1, batch["H_0to1"], size, conf)

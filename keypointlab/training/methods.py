@@ -2,7 +2,9 @@
 
 A method's :class:`TrainStep` is an ``nn.Module`` whose ``forward(batch)`` runs the model
 on both views and returns ``(losses, metrics)``, so DistributedDataParallel sees every
-parameter (IO-Net included) used inside one forward.
+parameter (IO-Net included) used inside one forward. A method's step function is
+``step(model, batch, loss_conf, step_index)``; the trainer sets ``TrainStep.step_index``
+before each step, for losses with a schedule (KP2D's descriptor warm-up).
 """
 
 from __future__ import annotations
@@ -35,15 +37,18 @@ class TrainStep(nn.Module):
         self.model = model
         self.loss_fn = loss_fn
         self.loss_conf = loss_conf
+        self.step_index = 0  # optimisation steps taken before this one (set by the trainer)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-        return self.loss_fn(self.model, batch, self.loss_conf)
+        return self.loss_fn(self.model, batch, self.loss_conf, self.step_index)
 
 
-def _kp2d_step(model: KP2D, batch: dict[str, torch.Tensor], conf: dict) -> tuple[dict, dict]:
+def _kp2d_step(
+    model: KP2D, batch: dict[str, torch.Tensor], conf: dict, step: int = 0
+) -> tuple[dict, dict]:
     p0, p1 = split_views(model.keypoint_net, batch)
     size = tuple(batch["image0"].shape[-2:])
-    return kp2d_losses.kp2d_loss(p0, p1, batch["H_0to1"], size, model.io_net, conf)
+    return kp2d_losses.kp2d_loss(p0, p1, batch["H_0to1"], size, model.io_net, conf, step)
 
 
 @dataclass
@@ -55,7 +60,7 @@ class Method:
     """
 
     model_cls: type[BaseModel]
-    step: Callable[[Any, dict, dict], tuple[dict, dict]]
+    step: Callable[[Any, dict, dict, int], tuple[dict, dict]]
     loss_defaults: dict[str, Any]
     dense_net: Callable[[Any], nn.Module]
 

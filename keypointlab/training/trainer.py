@@ -250,6 +250,7 @@ class Trainer:
         """One optimisation step; returns the losses and metrics as floats."""
         self.ddp.train()
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        self.step_module.step_index = self.step
         losses, metrics = self.ddp(batch)
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
