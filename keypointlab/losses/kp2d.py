@@ -57,8 +57,8 @@ def flatten_points(kp: torch.Tensor) -> torch.Tensor:
 
 
 def location_loss(dist: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean distance over valid associations (0 if none)."""
-    return dist[valid].mean() if valid.any() else dist.sum() * 0
+    """Mean distance over valid associations (0 if none, still part of the graph)."""
+    return dist[valid].mean() if valid.any() else dist[valid].sum()
 
 
 def within_relax_field(positions: torch.Tensor, relax_field: float) -> torch.Tensor:
@@ -136,8 +136,8 @@ def score_loss(
     if valid.any():
         d = dist[valid]
         usp = ((s_src[valid] + s_tgt_assoc[valid]) * (d - d.mean())).mean()
-    else:
-        usp = dist.sum() * 0
+    else:  # zero, but still connected to the scores (DDP expects every gradient)
+        usp = s_src.sum() * 0
     mse = F.mse_loss(s_tgt_resampled[border], s_src[border]) if border.any() else usp * 0
     return usp + 2.0 * mse
 
@@ -201,6 +201,9 @@ def kp2d_loss(
         ``(losses, metrics)``; ``losses["total"]`` is the weighted sum.
     """
     c = {**DEFAULT_CONF, **(conf or {})}
+    unknown = set(c) - set(DEFAULT_CONF)
+    if unknown:
+        raise KeyError(f"kp2d_loss: unknown config key(s) {sorted(unknown)}")
     src, tgt = pred1, pred0
     H = torch.linalg.inv(H_0to1)
     kp_src, kp_tgt = flatten_points(src["keypoints"]), flatten_points(tgt["keypoints"])

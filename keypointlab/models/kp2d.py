@@ -36,7 +36,7 @@ class KeyPointNet(BaseModel):
     default_conf: dict[str, Any] = {
         "channels": [32, 64, 128, 256],  # widths of the four VGG blocks
         "descriptor_dim": 256,
-        "cross_ratio": 2.0,  # keypoints may move this many half-cells from the centre
+        "cross_ratio": 2.0,  # keypoints may move this many (cell - 1) / 2 px from the centre
         "do_cross": True,  # False: keypoints stay inside their cell (ratio 1)
         "do_upsample": True,  # pixel-shuffle the descriptors to 1/4 resolution
         "dropout": 0.2,
