@@ -52,6 +52,8 @@ def test_readme_snippet_runs_as_printed(tmp_path: Path, monkeypatch: pytest.Monk
     # the snippet's own file names, created in tmp_path: image 2 is image 1 under H_TRUE
     monkeypatch.chdir(tmp_path)
     photo = cv2.resize(_photo(), (320, 240), interpolation=cv2.INTER_AREA)
+    for name in inputs:  # the snippet may name images inside the demo's report folder
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     _write_png(tmp_path / inputs[0], photo)
     _write_png(tmp_path / inputs[1], cv2.warpPerspective(photo, H_TRUE, (320, 240)))
 
