@@ -69,9 +69,19 @@ def test_very_large_image(tiny_net: DenseExtractor) -> None:
         assert np.all(f.keypoints <= [3999, 2999])
 
 
-@pytest.mark.skipif("kp2d" not in shipped_models(), reason="kp2d weights not shipped")
-def test_shipped_model_loads_offline_and_extracts() -> None:
-    from keypointlab.data.samples import sample_photo
+@pytest.mark.parametrize("name", shipped_models() or ["(none shipped)"])
+def test_shipped_model_loads_offline_and_extracts(name: str) -> None:
+    import json
 
-    f = get_extractor("kp2d").extract(sample_photo("astronaut", (240, 320)))
-    assert len(f) > 100 and f.descriptors.shape[1] == 128
+    from keypointlab.data.samples import sample_photo
+    from keypointlab.features.learned import WEIGHTS_DIR
+
+    if name not in shipped_models():
+        pytest.skip("no weights shipped in keypointlab/weights")
+    assert (WEIGHTS_DIR / f"{name}.md").is_file(), f"{name}: shipped without a model card"
+    f = get_extractor(name).extract(sample_photo("astronaut", (240, 320)))
+    model = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())["model"]
+    dim = model.get("keypoint_net", model).get("descriptor_dim")
+    assert len(f) > 100 and f.descriptors.shape == (len(f), dim)
+    assert np.all(f.keypoints >= 0) and np.all(f.keypoints <= [319, 239])
+    assert np.allclose(np.linalg.norm(f.descriptors, axis=1), 1, atol=1e-4)
