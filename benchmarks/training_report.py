@@ -13,9 +13,11 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from keypointlab.data.sequences import load_dataset
+from keypointlab.evaluation import metrics as M
 from keypointlab.evaluation.benchmark import evaluate_features
 from keypointlab.evaluation.report import markdown_table, sequence_table, write_report
 from keypointlab.features import get_extractor
@@ -25,6 +27,44 @@ METRICS = (
     ("homography_accuracy_3", "homography accuracy @3px"),
     ("matching_score", "matching score"),
 )
+
+
+def folder_table(
+    results: list, metrics: tuple[str, ...] = ("matching_score", "homography_accuracy_3")
+) -> str:
+    """Mean of each metric over the pairs of each dataset folder (``oxford/boat`` -> ``oxford``),
+    one row per method; the ratio to SIFT's matching score is given beside it."""
+
+    def folder_means(result) -> dict[str, dict[str, float]]:
+        groups: dict[str, list] = {}
+        for p in result.pairs:
+            groups.setdefault(p.sequence.split("/")[0], []).append(p)
+        out = {}
+        for folder, pairs in groups.items():
+            errors = np.array([p.corner_error for p in pairs])
+            out[folder] = {
+                "matching_score": float(np.mean([p.matching_score for p in pairs])),
+                "homography_accuracy_3": M.homography_accuracy(errors, 3),
+                "pairs": len(pairs),
+            }
+        return out
+
+    means = {r.method: folder_means(r) for r in results}
+    folders = sorted({f for m in means.values() for f in m})
+    sift = means.get("sift", {})
+    lines = ["| method | folder | pairs | MS | MS / SIFT | H@3 |", "|---|---|---|---|---|---|"]
+    for folder in folders:
+        for method, m in means.items():
+            if folder not in m:
+                continue
+            v = m[folder]
+            ref = sift.get(folder, {}).get("matching_score")
+            ratio = f"{v['matching_score'] / ref:.2f}" if ref else "-"
+            lines.append(
+                f"| {method} | {folder} | {v['pairs']} | {v['matching_score']:.3f} | {ratio} "
+                f"| {v['homography_accuracy_3']:.3f} |"
+            )
+    return "\n".join(lines)
 
 
 def curve_figure(runs: dict[str, list[dict]], baselines: dict[str, dict]) -> Figure:
@@ -78,6 +118,10 @@ def main() -> None:
         "## Training curves",
         "",
         "![curves](curve.png)",
+        "",
+        "## By dataset folder",
+        "",
+        folder_table(results),
         "",
         "## Matching score per sequence",
         "",
