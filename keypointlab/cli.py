@@ -336,7 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `train CONFIG --resume key=value`: argparse ends the positional list at the option
+    if extra and getattr(args, "command", None) == "train":
+        overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+        args.overrides += overrides
+        extra = [e for e in extra if e not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

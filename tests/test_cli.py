@@ -605,3 +605,15 @@ def test_demo_small(
     for name in ("sift_v_astronaut_1-4.png", "sift_i_astronaut_1-5.png"):
         assert cv2.imread(str(out / "matches" / name)) is not None
         assert f"(matches/{name})" in md
+
+
+def test_train_overrides_may_follow_resume(capsys: pytest.CaptureFixture[str]) -> None:
+    """`train CONFIG --resume key=value` reads the override (here a misspelt key, which the
+    config then names) instead of rejecting it as an unrecognized argument."""
+    config = Path(keypointlab.__file__).parent / "configs" / "kp2d.yaml"
+    code, _, err = run(capsys, "train", config, "--resume", "train.max_minuts=60")
+    assert_one_error(code, err, "train.max_minuts")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(config), "--resume", "--no-such-flag"])
+    assert exc.value.code == 2
+    assert "--no-such-flag" in capsys.readouterr().err
