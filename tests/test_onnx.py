@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from keypointlab.features.learned import DenseExtractor
+from keypointlab.features.learned import DenseExtractor, shipped_models
 from keypointlab.features.onnx import _ExportWrapper, export_onnx
 from keypointlab.models.kp2d import KeyPointNet
 
@@ -45,3 +45,25 @@ def test_onnx_refuses_classical(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="sift"):
         export_onnx(get_extractor("sift"), tmp_path / "x.onnx")
+
+
+@pytest.mark.parametrize("name", shipped_models() or ["(none shipped)"])
+def test_shipped_models_export_and_match_torch(name: str, tmp_path: Path) -> None:
+    """Every shipped model (KeyPointNet with either stem, SuperPoint's 65-channel head)
+    exports with dynamic size, and onnxruntime agrees with PyTorch at two sizes."""
+    from keypointlab.features import get_extractor
+
+    if name not in shipped_models():
+        pytest.skip("no weights shipped in keypointlab/weights")
+    extractor = get_extractor(name)
+    path = export_onnx(extractor, tmp_path / f"{name}.onnx", size=(64, 96))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    torch.manual_seed(1)
+    for size in ((64, 96), (56, 120)):
+        x = torch.rand(1, 3, *size)
+        with torch.inference_mode():
+            expected = _ExportWrapper(extractor.net)(x)
+        got = session.run(None, {"image": x.numpy()})
+        for e, g in zip(expected, got, strict=True):
+            assert g.shape == tuple(e.shape)
+            np.testing.assert_allclose(g, e.numpy(), atol=1e-4, rtol=1e-4)
