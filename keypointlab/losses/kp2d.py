@@ -34,6 +34,7 @@ from keypointlab.geometry.keypoints import (
     normalize_coords,
     sample_descriptors,
 )
+from keypointlab.losses import loss_conf
 
 DEFAULT_CONF: dict[str, Any] = {
     "location_weight": 1.0,
@@ -200,10 +201,7 @@ def kp2d_loss(
     Returns:
         ``(losses, metrics)``; ``losses["total"]`` is the weighted sum.
     """
-    c = {**DEFAULT_CONF, **(conf or {})}
-    unknown = set(c) - set(DEFAULT_CONF)
-    if unknown:
-        raise KeyError(f"kp2d_loss: unknown config key(s) {sorted(unknown)}")
+    c = loss_conf(conf, DEFAULT_CONF, "kp2d_loss")
     src, tgt = pred1, pred0
     H = torch.linalg.inv(H_0to1)
     kp_src, kp_tgt = flatten_points(src["keypoints"]), flatten_points(tgt["keypoints"])

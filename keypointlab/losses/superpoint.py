@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from keypointlab.geometry import warp_points
 from keypointlab.geometry.keypoints import cell_centers
+from keypointlab.losses import loss_conf
 
 DETECTOR_CONF: dict[str, Any] = {
     "random_ties": True,  # several labelled keypoints in a cell: pick one at random
@@ -58,14 +59,6 @@ DEFAULT_CONF: dict[str, Any] = {
     "margin_negative": 0.2,
     "descriptor_threshold": 8.0,  # px (strictly less) between cell centres of positive pairs
 }
-
-
-def _conf(conf: dict[str, Any] | None, defaults: dict[str, Any], name: str) -> dict[str, Any]:
-    c = {**defaults, **(conf or {})}
-    unknown = set(c) - set(defaults)
-    if unknown:
-        raise KeyError(f"{name}: unknown config key(s) {sorted(unknown)}")
-    return c
 
 
 def _cell_size(logits: torch.Tensor, image_hw: tuple[int, int]) -> int:
@@ -237,7 +230,7 @@ def magicpoint_loss(
     Returns:
         ``(losses, metrics)`` with ``losses["total"] = losses["detector"]``.
     """
-    c = _conf(conf, DETECTOR_CONF, "magicpoint_loss")
+    c = loss_conf(conf, DETECTOR_CONF, "magicpoint_loss")
     loss, labels, valid = detector_loss(
         logits, keypoint_map, valid_mask, c["random_ties"], generator
     )
@@ -268,7 +261,7 @@ def superpoint_loss(
         ``(losses, metrics)``; ``losses["total"]`` is
         ``detector0 + detector1 + descriptor_weight * descriptor``.
     """
-    c = _conf(conf, DEFAULT_CONF, "superpoint_loss")
+    c = loss_conf(conf, DEFAULT_CONF, "superpoint_loss")
     l0, lab0, val0 = detector_loss(
         pred0["logits"], keypoint_map0, valid_mask0, c["random_ties"], generator
     )

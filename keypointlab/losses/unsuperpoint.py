@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from keypointlab.geometry import warp_points
 from keypointlab.geometry.keypoints import border_mask, nearest_points, sample_descriptors
+from keypointlab.losses import loss_conf
 from keypointlab.losses.kp2d import infonce_descriptor_loss
 
 DEFAULT_CONF: dict[str, Any] = {
@@ -215,10 +216,7 @@ def unsuperpoint_loss(
         ``(losses, metrics)``; ``losses["total"]`` is the weighted sum of the other
         (unweighted) entries.
     """
-    c = {**DEFAULT_CONF, **(conf or {})}
-    unknown = set(c) - set(DEFAULT_CONF)
-    if unknown:
-        raise KeyError(f"unsuperpoint_loss: unknown config key(s) {sorted(unknown)}")
+    c = loss_conf(conf, DEFAULT_CONF, "unsuperpoint_loss")
     kp0, kp1 = flatten_map(pred0["keypoints"]), flatten_map(pred1["keypoints"])
     s0, s1 = pred0["scores"].flatten(1), pred1["scores"].flatten(1)
     kp0_w = warp_points(kp0, H_0to1.to(kp0.dtype))
