@@ -67,15 +67,20 @@ def cell_maxima(heatmap: torch.Tensor, cell: int = 8) -> dict[str, torch.Tensor]
     the first pixel in raster order) and ``keypoints`` ``(B, 2, H / cell, W / cell)`` (pixel
     xy of that pixel).
     """
-    b, _, h, w = heatmap.shape
+    h, w = heatmap.shape[-2:]
     if h % cell or w % cell:
         raise ValueError(f"heatmap of size {(h, w)} is not a multiple of the cell {cell}")
-    hc, wc = h // cell, w // cell
-    scores, idx = F.pixel_unshuffle(heatmap, cell).max(dim=1, keepdim=True)
-    ys = torch.arange(hc, device=heatmap.device, dtype=heatmap.dtype).view(1, 1, hc, 1) * cell
-    xs = torch.arange(wc, device=heatmap.device, dtype=heatmap.dtype).view(1, 1, 1, wc) * cell
-    x = xs + (idx % cell).to(heatmap.dtype)
-    y = ys + torch.div(idx, cell, rounding_mode="floor").to(heatmap.dtype)
+    return _best_of_cells(F.pixel_unshuffle(heatmap, cell), cell)
+
+
+def _best_of_cells(cells: torch.Tensor, cell: int) -> dict[str, torch.Tensor]:
+    """:func:`cell_maxima` of ``(B, cell^2, Hc, Wc)`` per-cell values (pixel_unshuffle order)."""
+    hc, wc = cells.shape[-2:]
+    scores, idx = cells.max(dim=1, keepdim=True)
+    ys = torch.arange(hc, device=cells.device, dtype=cells.dtype).view(1, 1, hc, 1) * cell
+    xs = torch.arange(wc, device=cells.device, dtype=cells.dtype).view(1, 1, 1, wc) * cell
+    x = xs + (idx % cell).to(cells.dtype)
+    y = ys + torch.div(idx, cell, rounding_mode="floor").to(cells.dtype)
     return {"scores": scores, "keypoints": torch.cat([x, y], dim=1)}
 
 
@@ -89,8 +94,8 @@ def detector_outputs(logits: torch.Tensor, cell: int = 8) -> dict[str, torch.Ten
     c = logits.shape[1]
     if c != cell * cell + 1:
         raise ValueError(f"detector logits need {cell * cell + 1} channels, got {c}")
-    heatmap = F.pixel_shuffle(logits.softmax(dim=1)[:, :-1], cell)
-    return {"heatmap": heatmap, **cell_maxima(heatmap, cell)}
+    prob = logits.softmax(dim=1)[:, :-1]  # (B, cell^2, Hc, Wc)
+    return {"heatmap": F.pixel_shuffle(prob, cell), **_best_of_cells(prob, cell)}
 
 
 def heatmap_nms_keypoints(
