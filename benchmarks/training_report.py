@@ -29,11 +29,9 @@ METRICS = (
 )
 
 
-def folder_table(
-    results: list, metrics: tuple[str, ...] = ("matching_score", "homography_accuracy_3")
-) -> str:
-    """Mean of each metric over the pairs of each dataset folder (``oxford/boat`` -> ``oxford``),
-    one row per method; the ratio to SIFT's matching score is given beside it."""
+def folder_table(results: list) -> str:
+    """Matching score and H@3 over the pairs of each dataset folder (``oxford/boat`` ->
+    ``oxford``), one row per method; the ratio to SIFT's matching score beside it."""
 
     def folder_means(result) -> dict[str, dict[str, float]]:
         groups: dict[str, list] = {}
