@@ -9,6 +9,7 @@ and distributed ranks take disjoint indices.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from keypointlab.data.augment import Photometric
 from keypointlab.data.images import list_images, read_images
-from keypointlab.geometry import HomographyConfig, sample_homography, warp_image
+from keypointlab.geometry import HomographyConfig, sample_homography, warp_image, warp_points
 from keypointlab.geometry.homography import resize_matrix
 
 logger = logging.getLogger(__name__)
@@ -75,15 +76,21 @@ def load_image_cache(root: str | Path, max_side: int, progress: bool = True) -> 
 
 
 def random_crop_with_matrix(
-    image: np.ndarray, size: tuple[int, int], rng: np.random.Generator, min_scale: float = 0.6
+    image: np.ndarray,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.6, 1.0),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A random crop with the aspect of ``size`` covering ``[min_scale, 1]`` of the largest
-    such crop, resized to ``size = (h, w)``, and the 3x3 matrix mapping ``image`` pixels to
-    crop pixels."""
+    """A random crop with the aspect of ``size`` whose side is a fraction in ``scale`` (drawn
+    log-uniformly) of the largest such crop, resized to ``size = (h, w)``, and the 3x3 matrix
+    mapping ``image`` pixels to crop pixels."""
+    lo, hi = float(scale[0]), float(scale[1])
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"crop scale {scale} must satisfy 0 < min <= max <= 1")
     h, w = image.shape[:2]
     th, tw = size
     full = min(h / th, w / tw)  # largest crop scale in target-pixel units
-    s = full * rng.uniform(min_scale, 1.0)
+    s = full * math.exp(rng.uniform(math.log(lo), math.log(hi)))
     ch, cw = max(1, int(th * s)), max(1, int(tw * s))
     y0 = int(rng.integers(0, h - ch + 1))
     x0 = int(rng.integers(0, w - cw + 1))
@@ -95,10 +102,29 @@ def random_crop_with_matrix(
 
 
 def random_crop(
-    image: np.ndarray, size: tuple[int, int], rng: np.random.Generator, min_scale: float = 0.6
+    image: np.ndarray,
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.6, 1.0),
 ) -> np.ndarray:
     """:func:`random_crop_with_matrix` without the matrix."""
-    return random_crop_with_matrix(image, size, rng, min_scale)[0]
+    return random_crop_with_matrix(image, size, rng, scale)[0]
+
+
+def render_view(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Warp ``image`` by the 3x3 ``matrix`` (image pixels to view pixels) into a view of
+    ``size = (h, w)``, low-pass filtering the image first where the warp shrinks it, so that
+    a zoomed-out view is not aliased and a zoomed-in one keeps the image's own detail."""
+    h, w = size
+    center = np.array([[(w - 1) / 2, (h - 1) / 2]])
+    src = warp_points(center, np.linalg.inv(matrix))[0]
+    # local area scale of the warp at the view centre (numerical Jacobian, 1 px steps)
+    d = warp_points(src + np.array([[0, 0], [1, 0], [0, 1]]), matrix)
+    k = math.sqrt(abs(np.linalg.det(np.stack([d[1] - d[0], d[2] - d[0]]))))
+    if k < 1:
+        sigma = 0.6 * math.sqrt(1 / k**2 - 1)
+        image = cv2.GaussianBlur(image, (0, 0), sigma)
+    return warp_image(image, matrix, size)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -116,6 +142,11 @@ class HomographicPairs(Dataset):
         photometric: augmentation applied to each view independently (None: none).
         seed: base seed; item ``i`` depends only on ``(seed, i)``.
         length: nominal length (the index space is unbounded).
+        crop_scale: range of view 0's side as a fraction of the largest crop of the image
+            with the views' aspect (log-uniform).
+        render_from_source: render view 1 from the source image through crop and homography
+            (anti-aliased, see :func:`render_view`) instead of warping view 0, so a zoomed-in
+            view 1 keeps the source's detail rather than view 0's upsampled pixels.
 
     Items are dicts: ``image0``, ``image1`` float ``(3, h, w)`` in ``[0, 1]`` and
     ``H_0to1`` float32 ``(3, 3)``.
@@ -129,6 +160,8 @@ class HomographicPairs(Dataset):
         photometric: Photometric | None = None,
         seed: int = 0,
         length: int = 10**9,
+        crop_scale: tuple[float, float] = (0.6, 1.0),
+        render_from_source: bool = False,
     ) -> None:
         if not images:
             raise ValueError("HomographicPairs needs at least one image")
@@ -138,16 +171,29 @@ class HomographicPairs(Dataset):
         self.photometric = photometric
         self.seed = seed
         self.length = length
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.render_from_source = bool(render_from_source)
 
     def __len__(self) -> int:
         return self.length
 
+    def views(
+        self, image: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(view0, view1, H_0to1, crop)`` of ``image``, where ``crop`` maps image pixels
+        to view-0 pixels."""
+        view0, crop = random_crop_with_matrix(image, self.size, rng, self.crop_scale)
+        H = sample_homography(self.size, rng, self.homography)
+        if self.render_from_source:
+            view1 = render_view(image, H @ crop, self.size)
+        else:
+            view1 = warp_image(view0, H, self.size)
+        return view0, view1, H, crop
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])
         image = self.images[int(rng.integers(len(self.images)))]
-        view0 = random_crop(image, self.size, rng)
-        H = sample_homography(self.size, rng, self.homography)
-        view1 = warp_image(view0, H, self.size)
+        view0, view1, H, _ = self.views(image, rng)
         if self.photometric is not None:
             view0, view1 = self.photometric(view0, rng), self.photometric(view1, rng)
         return {

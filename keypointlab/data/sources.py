@@ -49,7 +49,6 @@ from keypointlab.data.pairs import (
     HomographicPairs,
     homography_config,
     load_image_cache,
-    random_crop_with_matrix,
     to_tensor,
 )
 from keypointlab.data.synthetic import SyntheticShapes, points_to_map
@@ -185,8 +184,16 @@ def _build_pairs(conf: dict[str, Any], images: list[np.ndarray] | None, seed: in
     if images is None:
         raise ValueError("the 'pairs' source needs the images of data.train")
     return HomographicPairs(
-        images, tuple(conf["size"]), conf["homography"], _photometric(conf), seed=seed
+        images, tuple(conf["size"]), conf["homography"], _photometric(conf), seed, **_views(conf)
     )
+
+
+def _views(conf: dict[str, Any]) -> dict[str, Any]:
+    """The view-making settings of the ``data`` config, as keyword arguments."""
+    return {
+        "crop_scale": tuple(conf["crop_scale"]),
+        "render_from_source": conf["render_from_source"],
+    }
 
 
 # ----------------------------------------------------------------- adapted pairs
@@ -256,7 +263,8 @@ class AdaptedPairs(HomographicPairs):
     Args:
         images: decoded RGB images.
         keypoints: per image, ``(N, 2)`` xy pseudo-ground-truth keypoints in its pixels.
-        size, homography, photometric, seed, length: as for ``HomographicPairs``.
+        size, homography, photometric, seed, length, crop_scale, render_from_source: as
+            for ``HomographicPairs``.
         border: pixels eroded from view 1's valid region.
 
     Items: ``image0``, ``image1`` float ``(3, h, w)``, ``H_0to1`` ``(3, 3)``,
@@ -275,8 +283,12 @@ class AdaptedPairs(HomographicPairs):
         seed: int = 0,
         length: int = 10**9,
         border: int = VALID_BORDER,
+        crop_scale: tuple[float, float] = (0.6, 1.0),
+        render_from_source: bool = False,
     ) -> None:
-        super().__init__(images, size, homography, photometric, seed, length)
+        super().__init__(
+            images, size, homography, photometric, seed, length, crop_scale, render_from_source
+        )
         if len(keypoints) != len(images):
             raise ValueError(f"{len(images)} images but {len(keypoints)} keypoint arrays")
         self.keypoints = [np.asarray(k, np.float64).reshape(-1, 2) for k in keypoints]
@@ -285,9 +297,7 @@ class AdaptedPairs(HomographicPairs):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])
         k = int(rng.integers(len(self.images)))
-        view0, crop = random_crop_with_matrix(self.images[k], self.size, rng)
-        H = sample_homography(self.size, rng, self.homography)
-        view1 = warp_image(view0, H, self.size)
+        view0, view1, H, crop = self.views(self.images[k], rng)
         if self.photometric is not None:
             view0, view1 = self.photometric(view0, rng), self.photometric(view1, rng)
         valid0 = np.ones(self.size, np.float32)
@@ -314,7 +324,13 @@ def _build_adapted_pairs(conf: dict[str, Any], images: Any, seed: int) -> Datase
         )
     images, keypoints, _ = load_labelled_images(conf["train"], conf["labels"], conf["max_side"])
     return AdaptedPairs(
-        images, keypoints, tuple(conf["size"]), conf["homography"], _photometric(conf), seed
+        images,
+        keypoints,
+        tuple(conf["size"]),
+        conf["homography"],
+        _photometric(conf),
+        seed,
+        **_views(conf),
     )
 
 

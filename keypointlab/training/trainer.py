@@ -38,6 +38,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "train": "../shared/data/train",
         "size": [120, 160],
         "max_side": 320,
+        "crop_scale": [0.6, 1.0],  # view 0's side as a fraction of the largest crop
+        "render_from_source": False,  # view 1 from the source image, not from view 0
         "homography": {},  # HomographyConfig fields
         "photometric": {
             "primitives": [
