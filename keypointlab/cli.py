@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from keypointlab.features.base import Extractor, Features
@@ -31,6 +31,34 @@ def _standard_configs(size: str | None, top_k: int | None) -> list[tuple[str, in
     return [(size, top_k)]
 
 
+def _scales(text: str) -> tuple[float, ...]:
+    """``"1.41,1,0.71"`` -> ``(1.41, 1.0, 0.71)`` (argparse type of ``--scales``)."""
+    try:
+        scales = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--scales {text!r}: give numbers like 1.41,1,0.71"
+        ) from None
+    if min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f"--scales {text!r}: scales must be positive")
+    return scales
+
+
+def _learned_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for learned extractors (OpenCV features ignore them)."""
+    return {"device": args.device, "scales": args.scales}
+
+
+def _add_learned_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device for learned features")
+    p.add_argument(
+        "--scales",
+        type=_scales,
+        default=(1.0,),
+        help="image scales a learned model runs at, e.g. 1.41,1,0.71 (default 1)",
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from keypointlab.data.sequences import load_dataset
     from keypointlab.evaluation.benchmark import evaluate_features, parse_size
@@ -43,7 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     configs = _standard_configs(args.size, args.top_k)
     for size, _ in configs:
         parse_size(size)  # fail before any work on a bad size
-    extractors = [get_extractor(name, device=args.device) for name in args.features]
+    extractors = [get_extractor(name, **_learned_options(args)) for name in args.features]
     extractors += [FeatureFileExtractor(f) for f in args.features_file]
     sequences, skipped = load_dataset(args.data)
     results = []
@@ -97,7 +125,7 @@ def _extract_file(extractor: Extractor, path: Path) -> Features:
 def cmd_match(args: argparse.Namespace) -> int:
     from keypointlab.api import draw_matches, estimate, load_extractor, match
 
-    extractor = load_extractor(args.features, device=args.device)
+    extractor = load_extractor(args.features, **_learned_options(args))
     f0, f1 = _extract_file(extractor, args.image0), _extract_file(extractor, args.image1)
     matches = match(f0, f1, ratio=args.ratio)
     est = estimate(f0, f1, matches, method=args.estimator)
@@ -148,7 +176,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from keypointlab.features import get_extractor
     from keypointlab.features.export import extract_folder
 
-    extractor = get_extractor(args.features, device=args.device)
+    extractor = get_extractor(args.features, **_learned_options(args))
     report = extract_folder(
         extractor,
         args.images,
@@ -265,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keypoints kept per image (default 300, or 1000 at 480x640 and above)",
     )
     p.add_argument("--out", type=Path, default=Path("eval-report"))
-    p.add_argument("--device", default="cpu", help="torch device for learned features")
+    _add_learned_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
@@ -282,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default="sift", help="feature name or checkpoint path")
     p.add_argument("--max-keypoints", type=int, default=2000)
     p.add_argument("--resume", action="store_true", help="keep images already extracted")
-    p.add_argument("--device", default="cpu")
+    _add_learned_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
 
@@ -328,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="folder for features.h5 and matches.h5 in hloc's layout",
     )
-    p.add_argument("--device", default="cpu")
+    _add_learned_options(p)
     p.set_defaults(func=cmd_match)
     return parser
 

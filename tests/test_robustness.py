@@ -85,3 +85,49 @@ def test_shipped_model_loads_offline_and_extracts(name: str) -> None:
     assert len(f) > 100 and f.descriptors.shape == (len(f), dim)
     assert np.all(f.keypoints >= 0) and np.all(f.keypoints <= [319, 239])
     assert np.allclose(np.linalg.norm(f.descriptors, axis=1), 1, atol=1e-4)
+
+
+class _BrightestPixel(torch.nn.Module):
+    """A hand-made dense 'network': per 8x8 cell, the brightest pixel and its brightness."""
+
+    def forward(self, data: dict) -> dict:
+        grey = data["image"].mean(1, keepdim=True)  # (1, 1, H, W)
+        b, _, h, w = grey.shape
+        cells = grey.reshape(b, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4).flatten(3)
+        best, idx = cells.max(-1)  # (1, Hc, Wc)
+        ys = torch.arange(h // 8).view(-1, 1) * 8 + idx // 8
+        xs = torch.arange(w // 8).view(1, -1) * 8 + idx % 8
+        keypoints = torch.stack([xs, ys], 1).float()  # (1, 2, Hc, Wc)
+        return {"scores": best[:, None], "keypoints": keypoints, "descriptors": grey + 1}
+
+
+def test_multi_scale_keypoints_come_back_to_image_pixels() -> None:
+    image = np.zeros((64, 96, 3), np.uint8)
+    dots = {(20, 12): 250, (71, 40): 200}  # (x, y): brightness
+    for (x, y), v in dots.items():
+        image[y - 1 : y + 2, x - 1 : x + 2] = v - 60  # 3x3 dots survive resizing ...
+        image[y, x] = v  # ... and peak at their centre
+    single = DenseExtractor(_BrightestPixel(), "dots", max_keypoints=2)
+    multi = DenseExtractor(_BrightestPixel(), "dots", max_keypoints=6, scales=(2.0, 1.0, 0.5))
+    assert multi.name == "dots@2,1,0.5"
+    found = sorted(map(tuple, single.extract(image).keypoints))
+    assert found == sorted((float(x), float(y)) for x, y in dots)
+    f = multi.extract(image)
+    bright = f.keypoints[f.scores > 0.5]
+    assert len(bright) == 6  # each dot at each of the three scales
+    # every one lies on a dot in the image's own pixels (resizing moves the peak a little)
+    d = np.linalg.norm(bright[:, None] - np.array(list(dots), float)[None], axis=2).min(1)
+    assert d.max() <= 1.5
+    assert {int(np.argmin(np.linalg.norm(np.array(list(dots)) - k, axis=1))) for k in bright} == {
+        0,
+        1,
+    }
+
+
+def test_scales_option_is_checked(capsys) -> None:
+    with pytest.raises(ValueError, match="scales"):
+        DenseExtractor(_BrightestPixel(), "dots", scales=(1.0, 0.0))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--data", ".", "--features", "sift", "--scales", "1,x"])
+    assert exit_info.value.code == 2
+    assert "--scales '1,x'" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from keypointlab.geometry.keypoints import sample_descriptors
 
 
 class DenseExtractor(Extractor):
-    """Runs a dense keypoint network on one image.
+    """Runs a dense keypoint network on one image, optionally at several scales.
 
     Args:
         net: module returning ``scores``, ``keypoints`` and ``descriptors`` (see above).
@@ -31,6 +32,10 @@ class DenseExtractor(Extractor):
         stride: the network's cell size; images are padded to a multiple of it.
         device: torch device to run on (the caller's choice).
         min_size: smaller images are rejected with a clear error.
+        scales: image scales the network runs at (the image is resized by each, area
+            interpolation when shrinking); the keypoints of all scales are mapped back to
+            the image's pixels and the best ``max_keypoints`` by score are kept. The default
+            ``(1.0,)`` runs once on the image as given.
     """
 
     def __init__(
@@ -41,21 +46,22 @@ class DenseExtractor(Extractor):
         stride: int = 8,
         device: str | torch.device = "cpu",
         min_size: int = 16,
+        scales: tuple[float, ...] = (1.0,),
     ) -> None:
         self.net = net.to(device).eval()
-        self.name = name
         self.max_keypoints = max_keypoints
         self.stride = stride
         self.device = torch.device(device)
         self.min_size = min_size
+        self.scales = tuple(float(s) for s in scales)
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be positive numbers, got {scales}")
+        self.name = name if self.scales == (1.0,) else f"{name}@{scales_label(self.scales)}"
 
     @torch.inference_mode()
-    def _extract(self, image: np.ndarray) -> Features:
+    def _run(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keypoints, scores and descriptors of the best ``max_keypoints`` at one scale."""
         h, w = image.shape[:2]
-        if h < self.min_size or w < self.min_size:
-            raise ValueError(
-                f"image of size {h}x{w} is smaller than {self.min_size} pixels on a side"
-            )
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         x = x.permute(2, 0, 1).unsqueeze(0).float() / 255.0
         ph, pw = (-h) % self.stride, (-w) % self.stride
@@ -69,12 +75,41 @@ class DenseExtractor(Extractor):
         order = torch.argsort(scores, descending=True, stable=True)[: self.max_keypoints]
         kp, scores = kp[order], scores[order]
         desc = sample_descriptors(out["descriptors"], kp[None], tuple(x.shape[-2:]))[0]
+        return kp, scores, desc
+
+    def _extract(self, image: np.ndarray) -> Features:
+        h, w = image.shape[:2]
+        parts = []
+        for s in self.scales:
+            size = (round(h * s), round(w * s))
+            if min(size) < self.min_size:
+                if s == max(self.scales):
+                    raise ValueError(
+                        f"image of size {h}x{w} is smaller than {self.min_size} pixels on a "
+                        f"side at scale {s}"
+                    )
+                continue  # a coarse level of a small image: skip it
+            scaled = image
+            if size != (h, w):
+                interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+                scaled = cv2.resize(image, (size[1], size[0]), interpolation=interp)
+            kp, scores, desc = self._run(scaled)
+            # pixel centres map as x' = (x + 0.5) * s - 0.5 under cv2.resize
+            factor = kp.new_tensor([size[1] / w, size[0] / h])
+            parts.append(((kp + 0.5) / factor - 0.5, scores, desc))
+        kp, scores, desc = (torch.cat(p) for p in zip(*parts, strict=True))
+        order = torch.argsort(scores, descending=True, stable=True)[: self.max_keypoints]
         return Features(
-            kp.double().cpu().numpy(),
-            scores.double().cpu().numpy(),
-            desc.float().cpu().numpy(),
+            kp[order].double().cpu().numpy(),
+            scores[order].double().cpu().numpy(),
+            desc[order].float().cpu().numpy(),
             (h, w),
         )
+
+
+def scales_label(scales: tuple[float, ...]) -> str:
+    """``(1.414, 1.0, 0.707)`` -> ``"1.41,1,0.71"`` (for result names)."""
+    return ",".join(f"{s:.2f}".rstrip("0").rstrip(".") for s in scales)
 
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -100,7 +135,10 @@ def _build(method_name: str, model_conf: dict[str, Any]) -> tuple[Any, nn.Module
 
 
 def load_shipped(
-    name: str, device: str | torch.device = "cpu", max_keypoints: int = 2000
+    name: str,
+    device: str | torch.device = "cpu",
+    max_keypoints: int = 2000,
+    scales: tuple[float, ...] = (1.0,),
 ) -> DenseExtractor:
     """A shipped model by name; weights are read with safetensors (no code execution)."""
     from safetensors.torch import load_file
@@ -108,11 +146,16 @@ def load_shipped(
     meta = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     method, model = _build(meta["method"], meta["model"])
     model.load_state_dict(load_file(str(WEIGHTS_DIR / f"{name}.safetensors")))
-    return DenseExtractor(method.dense_net(model), name, max_keypoints, device=device)
+    return DenseExtractor(
+        method.dense_net(model), name, max_keypoints, device=device, scales=scales
+    )
 
 
 def load_checkpoint_extractor(
-    path: str | Path, device: str | torch.device = "cpu", max_keypoints: int = 2000
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    max_keypoints: int = 2000,
+    scales: tuple[float, ...] = (1.0,),
 ) -> DenseExtractor:
     """An extractor from a training checkpoint (``ckpt_*.pt``) or a run folder."""
     from keypointlab.training.checkpoint import load_model
@@ -120,4 +163,4 @@ def load_checkpoint_extractor(
 
     state, model = load_model(path, device)
     net = get_method(state["method"]).dense_net(model)
-    return DenseExtractor(net, Path(path).stem, max_keypoints, device=device)
+    return DenseExtractor(net, Path(path).stem, max_keypoints, device=device, scales=scales)

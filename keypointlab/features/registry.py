@@ -29,7 +29,8 @@ def get_extractor(name: str, **kwargs: Any) -> Extractor:
     """Build the extractor called ``name``.
 
     ``name`` is an OpenCV feature (``sift``, ``orb``...), a shipped model (``kp2d``...),
-    or the path of a training checkpoint / run folder. ``device`` is ignored by OpenCV.
+    or the path of a training checkpoint / run folder. ``device`` and ``scales`` are
+    ignored by OpenCV features (they have their own scale space).
 
     Raises:
         KeyError: ``name`` is unknown; the message lists the known names.
@@ -40,6 +41,7 @@ def get_extractor(name: str, **kwargs: Any) -> Extractor:
         return _LOADERS[name](**kwargs)
     if name in available_opencv_features():
         kwargs.pop("device", None)
+        kwargs.pop("scales", None)
         return OpenCVExtractor(name, **kwargs)
     if name in learned.shipped_models():
         return learned.load_shipped(name, **kwargs)
