@@ -54,8 +54,9 @@ def _add_learned_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scales",
         type=_scales,
-        default=(1.0,),
-        help="image scales a learned model runs at, e.g. 1.41,1,0.71 (default 1)",
+        default=None,
+        help="image scales a learned model runs at, e.g. 1.41,1,0.71 "
+        "(default: the shipped model's own, 1 for checkpoints)",
     )
 
 
@@ -215,7 +216,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def cmd_ship(args: argparse.Namespace) -> int:
     from keypointlab.training.ship import ship_model
 
-    card = ship_model(args.run, args.name, args.eval_data, note=args.note)
+    card = ship_model(args.run, args.name, args.eval_data, note=args.note, scales=args.scales)
     print(card.read_text())
     return 0
 
@@ -325,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="model name, e.g. kp2d")
     p.add_argument("--eval-data", type=Path, default=Path("../shared/data/eval"))
     p.add_argument("--note", default="", help="a paragraph for the model card")
+    p.add_argument(
+        "--scales",
+        type=_scales,
+        default=(1.0,),
+        help="the model's default image scales, e.g. 1.41,1,0.71 (measured beside scale 1)",
+    )
     p.set_defaults(func=cmd_ship)
 
     p = sub.add_parser(

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -213,3 +214,27 @@ def test_torchrun_two_processes_on_gloo(images: Path, tmp_path: Path) -> None:
     ckpt = load_checkpoint(tmp_path / "ckpt_00000003.pt", "kp2d")
     assert ckpt["step"] == 3
     assert len(read_log(tmp_path)) == 3
+
+
+def test_ship_records_default_scales_and_measures_both(images: Path, tmp_path: Path) -> None:
+    """`ship --scales` writes the scales into the model's JSON and the card measures the
+    model at those scales and at scale 1, beside SIFT and ORB."""
+    from keypointlab.training.ship import ship_model
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    Trainer(load_config(CONFIG, tiny(images, run, "train.steps=2")), progress=False).fit()
+    eval_data = tmp_path / "eval" / "v_astro"
+    eval_data.mkdir(parents=True)
+    ref = sample_photo("astronaut", (240, 320))
+    H = np.array([[0.9, 0.05, 10], [-0.05, 0.9, 12], [0, 0, 1]])
+    cv2.imwrite(str(eval_data / "1.png"), cv2.cvtColor(ref, cv2.COLOR_RGB2BGR))
+    warped = cv2.warpPerspective(ref, H, (320, 240))
+    cv2.imwrite(str(eval_data / "2.png"), cv2.cvtColor(warped, cv2.COLOR_RGB2BGR))
+    np.savetxt(eval_data / "H_1_2", H)
+    card = ship_model(run, "tiny", tmp_path / "eval", tmp_path / "weights", scales=(1.5, 1.0))
+    meta = json.loads((tmp_path / "weights" / "tiny.json").read_text())
+    assert meta["scales"] == [1.5, 1.0]
+    text = card.read_text()
+    assert "| tiny@1.5,1 | 240x320 |" in text and "| tiny | 240x320 |" in text
+    assert "| sift | 240x320 |" in text and "image scales 1.5, 1" in text

@@ -138,12 +138,15 @@ def load_shipped(
     name: str,
     device: str | torch.device = "cpu",
     max_keypoints: int = 2000,
-    scales: tuple[float, ...] = (1.0,),
+    scales: tuple[float, ...] | None = None,
 ) -> DenseExtractor:
-    """A shipped model by name; weights are read with safetensors (no code execution)."""
+    """A shipped model by name; weights are read with safetensors (no code execution).
+
+    ``scales`` defaults to the model's own (its ``.json``'s ``scales``; 1 if none)."""
     from safetensors.torch import load_file
 
     meta = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    scales = tuple(scales or meta.get("scales", (1.0,)))
     method, model = _build(meta["method"], meta["model"])
     model.load_state_dict(load_file(str(WEIGHTS_DIR / f"{name}.safetensors")))
     return DenseExtractor(
@@ -155,12 +158,15 @@ def load_checkpoint_extractor(
     path: str | Path,
     device: str | torch.device = "cpu",
     max_keypoints: int = 2000,
-    scales: tuple[float, ...] = (1.0,),
+    scales: tuple[float, ...] | None = None,
 ) -> DenseExtractor:
-    """An extractor from a training checkpoint (``ckpt_*.pt``) or a run folder."""
+    """An extractor from a training checkpoint (``ckpt_*.pt``) or a run folder (at scale 1
+    unless ``scales`` says otherwise)."""
     from keypointlab.training.checkpoint import load_model
     from keypointlab.training.methods import get_method
 
     state, model = load_model(path, device)
     net = get_method(state["method"]).dense_net(model)
-    return DenseExtractor(net, Path(path).stem, max_keypoints, device=device, scales=scales)
+    return DenseExtractor(
+        net, Path(path).stem, max_keypoints, device=device, scales=scales or (1.0,)
+    )

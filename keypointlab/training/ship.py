@@ -37,9 +37,15 @@ def ship_model(
     eval_data: str | Path,
     out_dir: str | Path = WEIGHTS_DIR,
     note: str = "",
+    scales: tuple[float, ...] = (1.0,),
 ) -> Path:
     """Write ``<name>.safetensors``, ``<name>.json`` and ``<name>.md`` from ``run``'s last
-    checkpoint; returns the model card's path."""
+    checkpoint; returns the model card's path.
+
+    ``scales`` become the model's default extraction scales (see
+    :class:`~keypointlab.features.learned.DenseExtractor`); the card then measures the model
+    at those scales and at scale 1."""
+    scales = tuple(float(s) for s in scales)
     run, out = Path(run), Path(out_dir)
     found = load_latest(run)
     if found is None:
@@ -52,12 +58,15 @@ def ship_model(
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(out / f"{name}.safetensors"))
-    meta = {"method": state["method"], "model": conf["model"]}
+    meta = {"method": state["method"], "model": conf["model"], "scales": list(scales)}
     write_atomic(out / f"{name}.json", json.dumps(meta, indent=1))
 
     sequences, skipped = load_dataset(eval_data)
-    learned = DenseExtractor(method.dense_net(model), name)
-    extractors = [learned, get_extractor("sift"), get_extractor("orb")]
+    net = method.dense_net(model)
+    extractors = [DenseExtractor(net, name)]
+    if scales != (1.0,):
+        extractors.insert(0, DenseExtractor(net, name, scales=scales))
+    extractors += [get_extractor("sift"), get_extractor("orb")]
     results = [
         evaluate_features(ex, sequences, size, k, skipped, progress=False)
         for size, k in PROTOCOL_CONFIGS
@@ -72,6 +81,9 @@ def ship_model(
         f"{(out / f'{name}.safetensors').stat().st_size / 1e6:.1f} MB file. License: Apache-2.0.",
         "",
         note,
+        "",
+        f"Default extraction: image scales {', '.join(f'{v:g}' for v in scales)} "
+        f"(`{extractors[0].name}` below; `scales=(1.0,)` runs once on the image as given).",
         "",
         "## Training",
         "",
@@ -99,11 +111,11 @@ def ship_model(
         "",
         "### Matching score per sequence (240x320, top-300)",
         "",
-        sequence_table(results[:3], "matching_score"),
+        sequence_table(results[: len(extractors)], "matching_score"),
         "",
         "### Homography accuracy @3px per sequence (240x320, top-300)",
         "",
-        sequence_table(results[:3], "homography_accuracy_3"),
+        sequence_table(results[: len(extractors)], "homography_accuracy_3"),
         "",
     ]
     return write_atomic(out / f"{name}.md", "\n".join(card))
