@@ -21,6 +21,7 @@ from keypointlab.evaluation import metrics as M
 from keypointlab.evaluation.benchmark import evaluate_features
 from keypointlab.evaluation.report import markdown_table, sequence_table, write_report
 from keypointlab.features import get_extractor
+from keypointlab.features.learned import scales_label
 from keypointlab.viz import save_figure
 
 METRICS = (
@@ -95,14 +96,25 @@ def main() -> None:
     parser.add_argument("--size", default="240x320")
     parser.add_argument("--top-k", type=int, default=300)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--scales",
+        default=None,
+        help="also evaluate every run at these image scales, e.g. 1.4142,1,0.7071",
+    )
     args = parser.parse_args()
+    scales = tuple(float(v) for v in args.scales.split(",")) if args.scales else None
 
     h, w = (int(v) for v in args.size.split("x"))
     sequences, skipped = load_dataset(args.data)
     results = []
-    for name in ["sift", "orb", *map(str, args.runs)]:
-        ex = get_extractor(name)
-        ex.name = Path(name).name
+    extractors = [get_extractor("sift"), get_extractor("orb")]
+    for run in args.runs:
+        extractors.append(get_extractor(str(run)))
+        extractors[-1].name = run.name
+        if scales:
+            extractors.append(get_extractor(str(run), scales=scales))
+            extractors[-1].name = f"{run.name}@{scales_label(scales)}"
+    for ex in extractors:
         results.append(evaluate_features(ex, sequences, (h, w), args.top_k, skipped))
     curves = {}
     for run in args.runs:
