@@ -31,5 +31,8 @@ if [ "${1:-}" = "train" ]; then
   wait
 fi
 python benchmarks/training_report.py runs/kp2d_fullres_60min runs/kp2d_ft60 runs/kp2d_ft90 \
-  runs/kp2d_ft180 runs/kp2d_scale runs/kp2d_scale_source runs/kp2d_rot60 runs/kp2d_rotation \
+  runs/kp2d_ft180 runs/kp2d_scale runs/kp2d_scale_source runs/kp2d_rot60 \
   --scales 1.4142,1,0.7071 --out benchmarks/results/kp2d_round3
+# rotation trade-off: the 180-degree config against its upright base
+python benchmarks/training_report.py runs/kp2d_scale_source runs/kp2d_rotation \
+  --out benchmarks/results/kp2d_rotation
