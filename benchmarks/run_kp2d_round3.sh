@@ -29,6 +29,19 @@ if [ "${1:-}" = "train" ]; then
     data.homography.perspective_amplitude_x=0.1 data.homography.perspective_amplitude_y=0.1 \
     data.homography.allow_artifacts=true train.max_minutes=60 > runs/kp2d_ft180.log 2>&1 &
   wait
+  # noise check (another data seed) and the second stage with kp2d_scale_source's views
+  for n in ft60_seed1 ft60_views; do
+    mkdir -p runs/kp2d_$n
+    cp runs/kp2d_fullres/ckpt_00002664.pt runs/kp2d_fullres/runs.jsonl runs/kp2d_$n/
+  done
+  run keypointlab/configs/kp2d_fullres.yaml --resume train.out=runs/kp2d_ft60_seed1 \
+    data.homography.max_angle=1.0472 train.seed=1 train.max_minutes=60 \
+    > runs/kp2d_ft60_seed1.log 2>&1 &
+  run keypointlab/configs/kp2d_fullres.yaml --resume train.out=runs/kp2d_ft60_views \
+    data.homography.max_angle=1.0472 data.homography.scaling_amplitude=0.6 \
+    data.max_side=640 "data.crop_scale=[0.3, 1.0]" data.render_from_source=true \
+    train.max_minutes=60 > runs/kp2d_ft60_views.log 2>&1 &
+  wait
 fi
 python benchmarks/training_report.py runs/kp2d_fullres_60min runs/kp2d_ft60 runs/kp2d_ft90 \
   runs/kp2d_ft180 runs/kp2d_scale runs/kp2d_scale_source runs/kp2d_rot60 \
