@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def run_demo(
             est = estimate(f0, f1, m)
             fig = draw_matches(im0, im1, f0, f1, m, est)
             fig.suptitle(f"{ex.name}: {seq_name} 1-{n}")
-            rel = f"matches/{ex.name}_{seq_name}_1-{n}.png"
+            stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", ex.name)  # kp2d@1.41,1,0.71 -> kp2d_1.41_1_0.71
+            rel = f"matches/{stem}_{seq_name}_1-{n}.png"
             save_figure(fig, out / rel)
             pictures.append(f"![{ex.name} {seq_name}]({rel})")
     meta = {
