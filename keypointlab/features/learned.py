@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from keypointlab.features.base import Extractor, Features
+from keypointlab.geometry import warp_points
+from keypointlab.geometry.homography import resize_matrix
 from keypointlab.geometry.keypoints import sample_descriptors
 
 
@@ -94,9 +96,8 @@ class DenseExtractor(Extractor):
                 interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
                 scaled = cv2.resize(image, (size[1], size[0]), interpolation=interp)
             kp, scores, desc = self._run(scaled)
-            # pixel centres map as x' = (x + 0.5) * s - 0.5 under cv2.resize
-            factor = kp.new_tensor([size[1] / w, size[0] / h])
-            parts.append(((kp + 0.5) / factor - 0.5, scores, desc))
+            back = kp.new_tensor(resize_matrix(size, (h, w)))  # scaled pixels -> image pixels
+            parts.append((warp_points(kp, back), scores, desc))
         kp, scores, desc = (torch.cat(p) for p in zip(*parts, strict=True))
         order = torch.argsort(scores, descending=True, stable=True)[: self.max_keypoints]
         return Features(
