@@ -46,7 +46,7 @@ def _scales(text: str) -> tuple[float, ...]:
 
 def _learned_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for learned extractors (OpenCV features ignore them)."""
-    return {"device": args.device, "scales": args.scales}
+    return {"device": args.device, "scales": args.scales, "orientations": args.orientations}
 
 
 def _add_learned_options(p: argparse.ArgumentParser) -> None:
@@ -57,6 +57,14 @@ def _add_learned_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="image scales a learned model runs at, e.g. 1.41,1,0.71 "
         "(default: the shipped model's own, 1 for checkpoints)",
+    )
+    p.add_argument(
+        "--orientations",
+        type=int,
+        default=None,
+        metavar="K",
+        help="describe each keypoint also in its own orientation, interpolating between K "
+        "rotations of the image (e.g. 8; 0 = upright only; default: the shipped model's own)",
     )
 
 

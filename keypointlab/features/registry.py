@@ -29,8 +29,9 @@ def get_extractor(name: str, **kwargs: Any) -> Extractor:
     """Build the extractor called ``name``.
 
     ``name`` is an OpenCV feature (``sift``, ``orb``...), a shipped model (``kp2d``...),
-    or the path of a training checkpoint / run folder. ``device`` and ``scales`` are
-    ignored by OpenCV features (they have their own scale space).
+    or the path of a training checkpoint / run folder. ``device``, ``scales`` and
+    ``orientations`` are ignored by OpenCV features (they have their own scale space and
+    orientation).
 
     Raises:
         KeyError: ``name`` is unknown; the message lists the known names.
@@ -42,6 +43,7 @@ def get_extractor(name: str, **kwargs: Any) -> Extractor:
     if name in available_opencv_features():
         kwargs.pop("device", None)
         kwargs.pop("scales", None)
+        kwargs.pop("orientations", None)
         return OpenCVExtractor(name, **kwargs)
     if name in learned.shipped_models():
         return learned.load_shipped(name, **kwargs)

@@ -1,4 +1,5 @@
-"""Geometry: the one home of homography sampling, warping, resizing and corner error."""
+"""Geometry: the one home of homography sampling, warping, resizing, rotating and corner
+error."""
 
 from keypointlab.geometry.homography import (
     HomographyConfig,
@@ -9,6 +10,7 @@ from keypointlab.geometry.homography import (
     inside_image,
     resize_matrix,
     resize_scale,
+    rotation_canvas,
     sample_homography,
     scale_homography,
     warp_image,
@@ -25,6 +27,7 @@ __all__ = [
     "inside_image",
     "resize_matrix",
     "resize_scale",
+    "rotation_canvas",
     "sample_homography",
     "scale_homography",
     "warp_image",

@@ -176,6 +176,25 @@ def resize_scale(old_size: tuple[int, int], new_size: tuple[int, int]) -> tuple[
     return new_size[1] / old_size[1], new_size[0] / old_size[0]
 
 
+def rotation_canvas(size: tuple[int, int], angle: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """Rotate an image of ``size = (h, w)`` so that the direction ``angle`` points along +x.
+
+    ``angle`` is in radians, measured like ``atan2(dy, dx)`` in pixel coordinates (y down).
+    Returns the 3x3 map from the image's pixels to the rotated canvas and the canvas size
+    ``(h, w)``, the smallest that holds the whole rotated image.
+    """
+    c, s = math.cos(angle), math.sin(angle)
+    R = np.array([[c, s], [-s, c]])  # rotation by -angle
+    corners = image_corners(size) @ R.T
+    lo = corners.min(axis=0)
+    hi = corners.max(axis=0)
+    H = np.eye(3)
+    H[:2, :2] = R
+    H[:2, 2] = -lo
+    w, h = (int(math.ceil(v - 1e-6)) + 1 for v in hi - lo)
+    return H, (h, w)
+
+
 @dataclass(frozen=True)
 class HomographyConfig:
     """Parameters of :func:`sample_homography`; defaults follow SuperPoint and KP2D.
