@@ -46,7 +46,7 @@ def _scales(text: str) -> tuple[float, ...]:
 
 def _learned_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for learned extractors (OpenCV features ignore them)."""
-    return {"device": args.device, "scales": args.scales, "orientations": args.orientations}
+    return {"device": args.device, "scales": args.scales, "rotations": args.rotations}
 
 
 def _add_learned_options(p: argparse.ArgumentParser) -> None:
@@ -59,12 +59,13 @@ def _add_learned_options(p: argparse.ArgumentParser) -> None:
         "(default: the shipped model's own, 1 for checkpoints)",
     )
     p.add_argument(
-        "--orientations",
+        "--rotations",
         type=int,
         default=None,
         metavar="K",
-        help="describe each keypoint also in its own orientation, interpolating between K "
-        "rotations of the image (e.g. 8; 0 = upright only; default: the shipped model's own)",
+        help="also run a learned model on the image turned by 360/K degree steps and pool "
+        "the keypoints, for images that may be rotated (e.g. 8; default: the shipped "
+        "model's own, 1 = upright)",
     )
 
 

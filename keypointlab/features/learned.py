@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from keypointlab.features.base import Extractor, Features
-from keypointlab.features.orientation import centroid_orientation
 from keypointlab.geometry import rotation_canvas, warp_points
 from keypointlab.geometry.homography import resize_matrix
 from keypointlab.geometry.keypoints import sample_descriptors
@@ -39,15 +38,15 @@ class DenseExtractor(Extractor):
             interpolation when shrinking); the keypoints of all scales are mapped back to
             the image's pixels and the best ``max_keypoints`` by score are kept. The default
             ``(1.0,)`` runs once on the image as given.
-        orientations: 0 (default) keeps the network's upright descriptors. ``K > 0``
-            also describes each keypoint in its own frame: its orientation is estimated
-            (:func:`centroid_orientation`), the network runs on the image rotated by each of
-            ``K`` angles ``2 pi k / K``, and the descriptor is interpolated between the two
-            rotations nearest the keypoint's orientation, so it follows rotations of the
-            image. Costs ``K`` more network passes on a canvas up to twice the image.
-        upright_weight: with ``orientations``, the descriptor is the normalised
-            concatenation of ``upright_weight`` times the upright descriptor and the
-            rotated one (twice the dimension); 0 keeps the rotated one only.
+        rotations: ``K > 1`` also runs the network on the image rotated by each of the
+            angles ``360 k / K`` degrees (on a canvas that holds the whole rotated image)
+            and pools the keypoints of all of them, each mapped back to the image's
+            pixels and described in the rotated copy it was found in. A point of an image
+            turned by any angle is then found and described in a copy turned back to
+            within ``180 / K`` degrees of upright, so matching no longer depends on the
+            rotation; the keypoint budget is shared by the copies (a point may appear
+            once per copy, as SIFT repeats a keypoint for each of its orientations).
+            Costs ``K`` network passes per scale, on canvases up to twice the image.
     """
 
     def __init__(
@@ -59,8 +58,7 @@ class DenseExtractor(Extractor):
         device: str | torch.device = "cpu",
         min_size: int = 16,
         scales: tuple[float, ...] = (1.0,),
-        orientations: int = 0,
-        upright_weight: float = 1.0,
+        rotations: int = 1,
     ) -> None:
         self.net = net.to(device).eval()
         self.max_keypoints = max_keypoints
@@ -70,15 +68,12 @@ class DenseExtractor(Extractor):
         self.scales = tuple(float(s) for s in scales)
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"scales must be positive numbers, got {scales}")
-        if int(orientations) != orientations or orientations < 0 or orientations == 1:
-            raise ValueError(f"orientations must be 0 or an integer >= 2, got {orientations}")
-        if upright_weight < 0:
-            raise ValueError(f"upright_weight must be >= 0, got {upright_weight}")
-        self.orientations = int(orientations)
-        self.upright_weight = float(upright_weight)
+        if int(rotations) != rotations or rotations < 1:
+            raise ValueError(f"rotations must be an integer >= 1, got {rotations}")
+        self.rotations = int(rotations)
         self.name = name if self.scales == (1.0,) else f"{name}@{scales_label(self.scales)}"
-        if self.orientations:
-            self.name += f"+rot{self.orientations}"
+        if self.rotations > 1:
+            self.name += f"+rot{self.rotations}"
 
     def _forward(self, image: np.ndarray) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
         """The network's outputs on ``image`` padded to the stride, and the padded size."""
@@ -92,50 +87,40 @@ class DenseExtractor(Extractor):
 
     @torch.inference_mode()
     def _run(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keypoints, scores and descriptors of the best ``max_keypoints`` at one scale."""
+        """Keypoints, scores and descriptors of the best ``max_keypoints`` at one scale,
+        over every rotated copy of ``image``."""
+        parts = [
+            self._run_rotated(image, 2 * np.pi * k / self.rotations) for k in range(self.rotations)
+        ]
+        kp, scores, desc = (torch.cat(p) for p in zip(*parts, strict=True))
+        order = torch.argsort(scores, descending=True, stable=True)[: self.max_keypoints]
+        return kp[order], scores[order], desc[order]
+
+    def _run_rotated(
+        self, image: np.ndarray, angle: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The best keypoints of ``image`` turned by ``-angle``, in ``image``'s pixels."""
         h, w = image.shape[:2]
+        H = None
+        if angle:
+            H, (ch, cw) = rotation_canvas((h, w), angle)
+            image = cv2.warpAffine(
+                image, H[:2], (cw, ch), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101
+            )
         out, padded = self._forward(image)
         kp = out["keypoints"][0].flatten(1).T  # (N, 2)
         scores = out["scores"][0].flatten()
-        inside = (kp[:, 0] <= w - 1) & (kp[:, 1] <= h - 1)
+        back = kp
+        if H is not None:  # to image pixels; the copy's corners are reflected padding
+            back = warp_points(kp, kp.new_tensor(np.linalg.inv(H)))
+        eps = 1e-3  # round-off of the rotation at the image's border
+        x, y = back[:, 0], back[:, 1]
+        inside = (x >= -eps) & (x <= w - 1 + eps) & (y >= -eps) & (y <= h - 1 + eps)
         kp, scores = kp[inside], scores[inside]
+        back = torch.stack([x[inside].clamp(0, w - 1), y[inside].clamp(0, h - 1)], 1)
         order = torch.argsort(scores, descending=True, stable=True)[: self.max_keypoints]
-        kp, scores = kp[order], scores[order]
-        desc = sample_descriptors(out["descriptors"], kp[None], padded)[0]
-        if self.orientations:
-            rotated = self._rotated_descriptors(image, kp, desc.shape[1])
-            if self.upright_weight > 0:
-                rotated = F.normalize(torch.cat([desc * self.upright_weight, rotated], 1), dim=1)
-            desc = rotated
-        return kp, scores, desc
-
-    def _rotated_descriptors(self, image: np.ndarray, kp: torch.Tensor, dim: int) -> torch.Tensor:
-        """Descriptors of ``kp`` in each keypoint's own orientation (see the class doc)."""
-        points = kp.double().cpu().numpy()
-        total = kp.new_zeros((len(points), dim))
-        if len(points) == 0:
-            return total
-        angles = centroid_orientation(image, points)
-        k = self.orientations
-        pos = np.mod(angles, 2 * np.pi) / (2 * np.pi) * k
-        lower = np.floor(pos).astype(np.int64) % k
-        frac = pos - np.floor(pos)
-        for i in range(k):
-            weight = np.where(lower == i, 1 - frac, 0.0) + np.where((lower + 1) % k == i, frac, 0.0)
-            sel = np.flatnonzero(weight > 0)
-            if len(sel) == 0:
-                continue
-            H, (ch, cw) = rotation_canvas(image.shape[:2], 2 * np.pi * i / k)
-            canvas = cv2.warpAffine(
-                image, H[:2], (cw, ch), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101
-            )
-            out, padded = self._forward(canvas)
-            xy = kp.new_tensor(warp_points(points[sel], H))
-            desc = sample_descriptors(out["descriptors"], xy[None], padded)[0]
-            total[torch.from_numpy(sel).to(desc.device)] += (
-                desc * desc.new_tensor(weight[sel])[:, None]
-            )
-        return F.normalize(total, dim=1)
+        desc = sample_descriptors(out["descriptors"], kp[order][None], padded)[0]
+        return back[order], scores[order], desc
 
     def _extract(self, image: np.ndarray) -> Features:
         h, w = image.shape[:2]
@@ -198,27 +183,26 @@ def load_shipped(
     device: str | torch.device = "cpu",
     max_keypoints: int = 2000,
     scales: tuple[float, ...] | None = None,
-    orientations: int | None = None,
+    rotations: int | None = None,
 ) -> DenseExtractor:
     """A shipped model by name; weights are read with safetensors (no code execution).
 
-    ``scales`` and ``orientations`` default to the model's own (its ``.json``'s; 1 and 0 if
-    it has none)."""
+    ``scales`` and ``rotations`` default to the model's own (its ``.json``'s; 1 if none)."""
     from safetensors.torch import load_file
 
     meta = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     scales = tuple(scales or meta.get("scales", (1.0,)))
     method, model = _build(meta["method"], meta["model"])
     model.load_state_dict(load_file(str(WEIGHTS_DIR / f"{name}.safetensors")))
-    if orientations is None:
-        orientations = meta.get("orientations", 0)
+    if rotations is None:
+        rotations = meta.get("rotations", 1)
     return DenseExtractor(
         method.dense_net(model),
         name,
         max_keypoints,
         device=device,
         scales=scales,
-        orientations=orientations,
+        rotations=rotations,
     )
 
 
@@ -227,10 +211,10 @@ def load_checkpoint_extractor(
     device: str | torch.device = "cpu",
     max_keypoints: int = 2000,
     scales: tuple[float, ...] | None = None,
-    orientations: int | None = None,
+    rotations: int | None = None,
 ) -> DenseExtractor:
     """An extractor from a training checkpoint (``ckpt_*.pt``) or a run folder (at scale 1
-    and upright unless ``scales`` and ``orientations`` say otherwise)."""
+    and upright unless ``scales`` and ``rotations`` say otherwise)."""
     from keypointlab.training.checkpoint import load_model
     from keypointlab.training.methods import get_method
 
@@ -242,5 +226,5 @@ def load_checkpoint_extractor(
         max_keypoints,
         device=device,
         scales=scales or (1.0,),
-        orientations=orientations or 0,
+        rotations=rotations or 1,
     )

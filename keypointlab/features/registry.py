@@ -30,8 +30,8 @@ def get_extractor(name: str, **kwargs: Any) -> Extractor:
 
     ``name`` is an OpenCV feature (``sift``, ``orb``...), a shipped model (``kp2d``...),
     or the path of a training checkpoint / run folder. ``device``, ``scales`` and
-    ``orientations`` are ignored by OpenCV features (they have their own scale space and
-    orientation).
+    ``rotations`` are ignored by OpenCV features (they have their own scale space and
+    orientations).
 
     Raises:
         KeyError: ``name`` is unknown; the message lists the known names.
@@ -43,7 +43,7 @@ def get_extractor(name: str, **kwargs: Any) -> Extractor:
     if name in available_opencv_features():
         kwargs.pop("device", None)
         kwargs.pop("scales", None)
-        kwargs.pop("orientations", None)
+        kwargs.pop("rotations", None)
         return OpenCVExtractor(name, **kwargs)
     if name in learned.shipped_models():
         return learned.load_shipped(name, **kwargs)
