@@ -11,7 +11,7 @@ Every feature is evaluated on every pair with the protocol of ``shared/PROTOCOL.
 matching score and homography accuracy at 3 px against the angle.
 
     python benchmarks/rotation_benchmark.py --data ../shared/data/eval \\
-        --features sift orb kp2d --orientations 0 8 --out benchmarks/results/rotation
+        --features sift orb kp2d --rotations 1 8 --out benchmarks/results/rotation
 """
 
 from __future__ import annotations
@@ -65,11 +65,11 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/eval")
     ap.add_argument("--features", nargs="+", default=["sift", "orb", "kp2d"])
     ap.add_argument(
-        "--orientations",
+        "--rotations",
         nargs="+",
         type=int,
-        default=[0, 8],
-        help="each learned feature is run with each of these (0 = upright)",
+        default=[1, 8],
+        help="each learned feature is run with each of these (1 = upright)",
     )
     ap.add_argument("--angles", nargs="+", type=int, default=list(ANGLES))
     ap.add_argument("--crop", type=int, default=240)
@@ -83,7 +83,7 @@ def main() -> None:
         if name in ("sift", "orb"):
             extractors.append(get_extractor(name))
         else:
-            extractors += [get_extractor(name, orientations=k) for k in args.orientations]
+            extractors += [get_extractor(name, rotations=k) for k in args.rotations]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[int, tuple[float, float]]] = {}

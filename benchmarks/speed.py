@@ -56,6 +56,9 @@ def extraction(repeats: int) -> list[dict]:
             for ex, name in zip(extractors[2:], names, strict=True)
             if ex.name != name
         ]
+        # and the rotation-invariant setting of the accurate model (README, Rotations)
+        if "kp2d" in names:
+            extractors.append(get_extractor("kp2d", rotations=8))
         for ex in extractors:
             t = median_time(lambda ex=ex, im=image: ex.extract(im), repeats)
             base = t if ex.name == "sift" else base
