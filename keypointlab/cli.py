@@ -64,8 +64,7 @@ def _add_learned_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K",
         help="also run a learned model on the image turned by 360/K degree steps and pool "
-        "the keypoints, for images that may be rotated (e.g. 8; default: the shipped "
-        "model's own, 1 = upright)",
+        "the keypoints, for images that may be rotated (e.g. 8; default 1: upright only)",
     )
 
 

@@ -75,3 +75,23 @@ def test_rotations_option() -> None:
     with pytest.raises(ValueError, match="rotations"):
         DenseExtractor(net, "tiny", rotations=0)
     assert get_extractor("sift", rotations=8).name == "sift"  # OpenCV has its own
+
+
+def test_extract_command_takes_rotations(tmp_path) -> None:
+    import cv2
+    import h5py
+
+    from keypointlab.cli import main
+
+    (tmp_path / "images").mkdir()
+    photo = sample_photo("astronaut", (96, 128))
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "feats.h5"
+    args = ["extract", str(tmp_path / "images"), "--out", str(out), "--features", "kp2d"]
+    assert main([*args, "--scales", "1", "--rotations", "4", "--quiet"]) == 0
+    expected = get_extractor("kp2d", scales=(1.0,), rotations=4).extract(photo)
+    with h5py.File(out) as h5:
+        assert np.allclose(h5["a.png"]["keypoints"][()], expected.keypoints, atol=1e-4)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--rotations", "x"])
+    assert exit_info.value.code == 2

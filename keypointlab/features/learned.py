@@ -187,22 +187,21 @@ def load_shipped(
 ) -> DenseExtractor:
     """A shipped model by name; weights are read with safetensors (no code execution).
 
-    ``scales`` and ``rotations`` default to the model's own (its ``.json``'s; 1 if none)."""
+    ``scales`` defaults to the model's own (its ``.json``'s ``scales``; 1 if none),
+    ``rotations`` to 1 (upright; see :class:`DenseExtractor`)."""
     from safetensors.torch import load_file
 
     meta = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     scales = tuple(scales or meta.get("scales", (1.0,)))
     method, model = _build(meta["method"], meta["model"])
     model.load_state_dict(load_file(str(WEIGHTS_DIR / f"{name}.safetensors")))
-    if rotations is None:
-        rotations = meta.get("rotations", 1)
     return DenseExtractor(
         method.dense_net(model),
         name,
         max_keypoints,
         device=device,
         scales=scales,
-        rotations=rotations,
+        rotations=1 if rotations is None else rotations,
     )
 
 
@@ -226,5 +225,5 @@ def load_checkpoint_extractor(
         max_keypoints,
         device=device,
         scales=scales or (1.0,),
-        rotations=rotations or 1,
+        rotations=1 if rotations is None else rotations,
     )
