@@ -30,6 +30,7 @@ from keypointlab.data.sequences import load_dataset
 from keypointlab.evaluation.benchmark import evaluate_features
 from keypointlab.evaluation.report import write_atomic
 from keypointlab.features import get_extractor
+from keypointlab.features.classical import available_opencv_features
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -80,7 +81,7 @@ def main() -> None:
 
     extractors = []
     for name in args.features:
-        if name in ("sift", "orb"):
+        if name in available_opencv_features():  # their own orientations
             extractors.append(get_extractor(name))
         else:
             extractors += [get_extractor(name, rotations=k) for k in args.rotations]

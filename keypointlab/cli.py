@@ -61,10 +61,11 @@ def _add_learned_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rotations",
         type=int,
-        default=None,
+        default=1,
         metavar="K",
         help="also run a learned model on the image turned by 360/K degree steps and pool "
-        "the keypoints, for images that may be rotated (e.g. 8; default 1: upright only)",
+        "the keypoints, for images that may be rotated (e.g. 8; default 1: upright only; "
+        "OpenCV features ignore it)",
     )
 
 

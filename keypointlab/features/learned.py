@@ -183,12 +183,12 @@ def load_shipped(
     device: str | torch.device = "cpu",
     max_keypoints: int = 2000,
     scales: tuple[float, ...] | None = None,
-    rotations: int | None = None,
+    rotations: int = 1,
 ) -> DenseExtractor:
     """A shipped model by name; weights are read with safetensors (no code execution).
 
-    ``scales`` defaults to the model's own (its ``.json``'s ``scales``; 1 if none),
-    ``rotations`` to 1 (upright; see :class:`DenseExtractor`)."""
+    ``scales`` defaults to the model's own (its ``.json``'s ``scales``; 1 if none); see
+    :class:`DenseExtractor` for ``rotations``."""
     from safetensors.torch import load_file
 
     meta = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
@@ -201,7 +201,7 @@ def load_shipped(
         max_keypoints,
         device=device,
         scales=scales,
-        rotations=1 if rotations is None else rotations,
+        rotations=rotations,
     )
 
 
@@ -210,7 +210,7 @@ def load_checkpoint_extractor(
     device: str | torch.device = "cpu",
     max_keypoints: int = 2000,
     scales: tuple[float, ...] | None = None,
-    rotations: int | None = None,
+    rotations: int = 1,
 ) -> DenseExtractor:
     """An extractor from a training checkpoint (``ckpt_*.pt``) or a run folder (at scale 1
     and upright unless ``scales`` and ``rotations`` say otherwise)."""
@@ -225,5 +225,5 @@ def load_checkpoint_extractor(
         max_keypoints,
         device=device,
         scales=scales or (1.0,),
-        rotations=1 if rotations is None else rotations,
+        rotations=rotations,
     )
