@@ -29,8 +29,8 @@ from keypointlab.data.sequences import load_dataset
 from keypointlab.evaluation.benchmark import evaluate_features
 from keypointlab.evaluation.report import write_atomic
 from keypointlab.features import get_extractor
-from keypointlab.features.learned import DenseExtractor
-from keypointlab.training.checkpoint import load_model
+from keypointlab.features.learned import LearnedExtractor
+from keypointlab.models.loading import load_run
 
 COLUMNS = ("repeatability", "localization_error", "pairs")
 
@@ -64,12 +64,13 @@ def main() -> None:
         logging.info("%s: %s", name, {c: rows[-1][1][c] for c in COLUMNS})
 
     for run in args.runs:
-        state, model = load_model(run)
+        loaded = load_run(run)
+        model, state = loaded.model, loaded.state
         label = f"{Path(run).name} ({state['method']}, step {state['step']})"
         with torch.inference_mode():
-            measure(label, DenseExtractor(model, label))
+            measure(label, LearnedExtractor(model, label))
             adapted = AdaptedDetector(model, n_homographies=args.homographies)
-            measure(f"{label} + adaptation x{args.homographies}", DenseExtractor(adapted, label))
+            measure(f"{label} + adaptation x{args.homographies}", LearnedExtractor(adapted, label))
     for name in ("sift", "orb"):
         measure(name, get_extractor(name))
 

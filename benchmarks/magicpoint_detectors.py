@@ -544,7 +544,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> dict[str, Path]:
 
 def _checkpoint_meta(path: Path) -> dict[str, Any]:
     """Checkpoint file, method, step and training minutes of a checkpoint or run folder."""
-    from keypointlab.training.checkpoint import load_checkpoint, load_latest
+    from keypointlab.io.checkpoint import load_checkpoint, load_latest
 
     found = load_latest(path) if path.is_dir() else (path, load_checkpoint(path))
     if found is None:

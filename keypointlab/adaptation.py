@@ -34,7 +34,7 @@ max-pool NMS, top-k) and stored in the *original* image's pixel coordinates, so 
 not depend on the size at which they were computed or are used.
 
 Output: an HDF5 file with one group per image path relative to the folder (the layout of
-:mod:`keypointlab.features.h5`): ``keypoints`` ``(N, 2)`` float32 xy, ``scores`` ``(N,)``
+:mod:`keypointlab.io.h5`): ``keypoints`` ``(N, 2)`` float32 xy, ``scores`` ``(N,)``
 float32 and ``image_size`` ``(height, width)``; the settings are file attributes.
 """
 
@@ -57,9 +57,11 @@ from tqdm import tqdm
 from keypointlab.data.images import list_images, read_images, resize_image, to_gray
 from keypointlab.data.pairs import homography_config
 from keypointlab.data.sources import VALID_BORDER
-from keypointlab.features.export import safe_key
 from keypointlab.geometry import HomographyConfig, sample_homography, warp_image_torch, warp_points
 from keypointlab.geometry.homography import resize_matrix
+from keypointlab.io.h5 import safe_key, write_keypoint_group
+from keypointlab.models.loading import load_run
+from keypointlab.models.superpoint import cell_maxima, heatmap_nms_keypoints
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +87,8 @@ class AdaptationReport:
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The model of a training checkpoint or run folder, in eval mode (see
-    :func:`keypointlab.training.checkpoint.load_model`)."""
-    from keypointlab.training.checkpoint import load_model
-
-    return load_model(path, device)[1]
+    :func:`keypointlab.models.loading.load_run`)."""
+    return load_run(path, device).model
 
 
 def _erode(mask: torch.Tensor, border: int) -> torch.Tensor:
@@ -148,7 +148,7 @@ class AdaptedDetector(nn.Module):
     ``seed`` for every image, so results do not depend on the order of the images), then
     reduced to the dense outputs of the wrapped network (per-cell best pixel, see
     :func:`keypointlab.models.superpoint.cell_maxima`), so
-    :class:`keypointlab.features.learned.DenseExtractor` runs it like any model.
+    :class:`keypointlab.features.learned.LearnedExtractor` runs it like any model.
     Descriptors are the wrapped network's on the unwarped image.
 
     This measures what adaptation does to a detector: the same network with and without
@@ -173,8 +173,6 @@ class AdaptedDetector(nn.Module):
         self.batch_size = batch_size
 
     def forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from keypointlab.models.superpoint import cell_maxima
-
         images = data["image"]
         size = tuple(images.shape[-2:])
         out = dict(self.net(data))
@@ -215,7 +213,6 @@ def adapt_image(
         ``(keypoints, scores)``: ``(N, 2)`` float32 xy in ``image``'s own pixels and ``(N,)``
         float32 aggregated scores, by decreasing score.
     """
-    from keypointlab.models.superpoint import heatmap_nms_keypoints
 
     cfg = homography_config(homography if homography is not None else ADAPTATION_HOMOGRAPHY)
     grey = to_gray(image)
@@ -329,10 +326,8 @@ def homographic_adaptation(
                     device,
                     batch_size,
                 )
-                group = h5.create_group(key)
-                group.create_dataset("keypoints", data=kp)
-                group.create_dataset("scores", data=scores)
-                group.create_dataset("image_size", data=np.asarray(image.shape[:2], np.int64))
+                arrays = {"keypoints": kp, "scores": scores}
+                write_keypoint_group(h5, key, arrays, image.shape[:2])
                 report.written += 1
                 report.keypoints += len(kp)
                 bar.set_postfix(kp=len(kp))

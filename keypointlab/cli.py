@@ -160,7 +160,8 @@ def _export_pair(args: argparse.Namespace, f0, f1, matches) -> None:
     import h5py
     import numpy as np
 
-    from keypointlab.features.h5 import write_features, write_matches
+    from keypointlab.features.h5 import write_features
+    from keypointlab.io.h5 import write_matches
 
     args.export.mkdir(parents=True, exist_ok=True)
     n0, n1 = args.image0.name, args.image1.name

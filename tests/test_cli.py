@@ -26,9 +26,9 @@ from keypointlab.data.images import read_image
 from keypointlab.data.sequences import load_dataset
 from keypointlab.evaluation.benchmark import evaluate_features
 from keypointlab.features import Features, get_extractor
-from keypointlab.features.export import safe_key
 from keypointlab.features.h5 import write_features
 from keypointlab.geometry import warp_points
+from keypointlab.io.h5 import safe_key
 
 H_IMG, W_IMG = 240, 320
 TIMING = ("extraction_time_per_image", "matching_time_per_pair")

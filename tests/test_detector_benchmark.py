@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from keypointlab.io.checkpoint import save_checkpoint
 from keypointlab.models.superpoint import MagicPoint
-from keypointlab.training.checkpoint import save_checkpoint
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "magicpoint_detectors.py"
 

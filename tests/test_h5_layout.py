@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 
 from keypointlab.features.base import Features
-from keypointlab.features.h5 import (
-    FeatureFileError,
-    pair_key,
-    read_features,
-    read_matches,
-    write_features,
-    write_matches,
-)
+from keypointlab.features.h5 import read_features, write_features
+from keypointlab.io.h5 import FeatureFileError, pair_key, read_matches, write_matches
 
 
 def test_features_round_trip_with_nested_names(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ from keypointlab.data.pairs import to_tensor
 from keypointlab.data.samples import sample_photo
 from keypointlab.geometry.keypoints import cell_centers
 from keypointlab.losses import kp2d as L
+from keypointlab.models.base import get_method, split_views
 from keypointlab.models.kp2d import KP2D, IONet, KeyPointNet
-from keypointlab.training.methods import get_method, split_views
+from keypointlab.training.step import build_train_step
 
 torch.set_num_threads(1)
 
@@ -136,12 +137,17 @@ def test_ionet_output_shape():
 
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    method = get_method("kp2d")
-    assert method.model_cls is KP2D
-    step = method.build(TINY_KP2D, None)
+    assert get_method("kp2d") is KP2D
+    step = build_train_step("kp2d", TINY_KP2D, None)
     assert step.model.io_net is not None
-    assert method.dense_net(step.model) is step.model.keypoint_net
     batch = _translated_pairs(3, 2)
+    with torch.no_grad():  # extraction runs KeyPointNet alone (not IO-Net)
+        image = batch["image0"][:1]
+        det, desc_map = step.model.eval().detect(image)
+        ref = step.model.keypoint_net({"image": image})
+        assert torch.equal(det["scores"], ref["scores"].flatten())
+        assert torch.equal(desc_map, ref["descriptors"])
+    step.model.train()
     losses, metrics = step(batch)
     assert set(losses) == {"location", "descriptor", "score", "io", "total"}
     assert torch.isfinite(losses["total"])
@@ -171,12 +177,12 @@ def test_gradients_reach_every_parameter():
 
 def test_unknown_loss_key_fails_when_building_the_method():
     with pytest.raises(ConfigError, match="descriptor_warmup_step"):
-        get_method("kp2d").build(TINY_KP2D, {"descriptor_warmup_step": 5})
+        build_train_step("kp2d", TINY_KP2D, {"descriptor_warmup_step": 5})
 
 
 def test_train_step_passes_its_step_index():
     torch.manual_seed(0)
-    step = get_method("kp2d").build(TINY_KP2D, {"descriptor_warmup_steps": 5}).eval()
+    step = build_train_step("kp2d", TINY_KP2D, {"descriptor_warmup_steps": 5}).eval()
     assert step.step_index == 0
     batch = _translated_pairs(3, 2)
     with torch.no_grad():

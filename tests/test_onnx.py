@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from keypointlab.features.learned import DenseExtractor, shipped_models
+from keypointlab.features.learned import LearnedExtractor, shipped_models
 from keypointlab.features.onnx import _ExportWrapper, export_onnx
 from keypointlab.models.kp2d import KeyPointNet
 
@@ -26,7 +26,7 @@ def test_onnx_matches_torch(tmp_path: Path) -> None:
             "upsample_width": 8,
         }
     )
-    extractor = DenseExtractor(net, "tiny")
+    extractor = LearnedExtractor(net, "tiny")
     path = export_onnx(extractor, tmp_path / "tiny.onnx", size=(64, 96))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for size in ((64, 96), (48, 120)):

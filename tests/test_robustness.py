@@ -13,12 +13,12 @@ import torch
 from keypointlab.cli import main
 from keypointlab.data.images import ImageReadError, to_rgb_uint8
 from keypointlab.features import get_extractor
-from keypointlab.features.learned import DenseExtractor, shipped_models
+from keypointlab.features.learned import LearnedExtractor, shipped_models
 from keypointlab.models.kp2d import KeyPointNet
 
 
 @pytest.fixture(scope="module")
-def tiny_net() -> DenseExtractor:
+def tiny_net() -> LearnedExtractor:
     torch.manual_seed(0)
     net = KeyPointNet(
         {
@@ -29,7 +29,7 @@ def tiny_net() -> DenseExtractor:
             "upsample_width": 4,
         }
     )
-    return DenseExtractor(net, "tiny")
+    return LearnedExtractor(net, "tiny")
 
 
 def test_empty_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
@@ -44,13 +44,13 @@ def test_zero_size_image_is_refused() -> None:
         to_rgb_uint8(np.zeros((0, 5, 3), np.uint8))
 
 
-def test_image_smaller_than_the_stride_names_its_size(tiny_net: DenseExtractor) -> None:
+def test_image_smaller_than_the_stride_names_its_size(tiny_net: LearnedExtractor) -> None:
     with pytest.raises(ValueError, match="7x30"):
         tiny_net.extract(np.zeros((7, 30, 3), np.uint8))
 
 
 @pytest.mark.parametrize("shape", [(17, 23), (33, 65, 4)])
-def test_learned_extractor_pads_odd_sizes(tiny_net: DenseExtractor, shape) -> None:
+def test_learned_extractor_pads_odd_sizes(tiny_net: LearnedExtractor, shape) -> None:
     rng = np.random.default_rng(0)
     image = (rng.random(shape) * 65535).astype(np.uint16)
     f = tiny_net.extract(image)
@@ -60,7 +60,7 @@ def test_learned_extractor_pads_odd_sizes(tiny_net: DenseExtractor, shape) -> No
     np.testing.assert_allclose(np.linalg.norm(f.descriptors, axis=1), 1, atol=1e-5)
 
 
-def test_very_large_image(tiny_net: DenseExtractor) -> None:
+def test_very_large_image(tiny_net: LearnedExtractor) -> None:
     rng = np.random.default_rng(0)
     image = cv2.GaussianBlur((rng.random((3000, 4000)) * 255).astype(np.uint8), (5, 5), 0)
     for extractor in (get_extractor("orb"), tiny_net):
@@ -107,8 +107,8 @@ def test_multi_scale_keypoints_come_back_to_image_pixels() -> None:
     for (x, y), v in dots.items():
         image[y - 1 : y + 2, x - 1 : x + 2] = v - 60  # 3x3 dots survive resizing ...
         image[y, x] = v  # ... and peak at their centre
-    single = DenseExtractor(_BrightestPixel(), "dots", max_keypoints=2)
-    multi = DenseExtractor(_BrightestPixel(), "dots", max_keypoints=6, scales=(2.0, 1.0, 0.5))
+    single = LearnedExtractor(_BrightestPixel(), "dots", max_keypoints=2)
+    multi = LearnedExtractor(_BrightestPixel(), "dots", max_keypoints=6, scales=(2.0, 1.0, 0.5))
     assert multi.name == "dots@2,1,0.5"
     found = sorted(map(tuple, single.extract(image).keypoints))
     assert found == sorted((float(x), float(y)) for x, y in dots)
@@ -126,7 +126,7 @@ def test_multi_scale_keypoints_come_back_to_image_pixels() -> None:
 
 def test_scales_option_is_checked(capsys) -> None:
     with pytest.raises(ValueError, match="scales"):
-        DenseExtractor(_BrightestPixel(), "dots", scales=(1.0, 0.0))
+        LearnedExtractor(_BrightestPixel(), "dots", scales=(1.0, 0.0))
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--data", ".", "--features", "sift", "--scales", "1,x"])
     assert exit_info.value.code == 2

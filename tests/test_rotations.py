@@ -10,7 +10,7 @@ import torch
 
 from keypointlab.data.samples import sample_photo
 from keypointlab.features import get_extractor
-from keypointlab.features.learned import DenseExtractor
+from keypointlab.features.learned import LearnedExtractor
 from keypointlab.geometry import image_corners, rotation_canvas, warp_points
 from keypointlab.models.kp2d import KeyPointNet
 
@@ -42,7 +42,7 @@ def test_rotated_copies_make_features_follow_a_quarter_turn(rotations: int) -> N
     photo = sample_photo("astronaut", (96, 128))
     turned = np.rot90(photo).copy()
 
-    def pairs(ex: DenseExtractor) -> tuple[np.ndarray, np.ndarray]:
+    def pairs(ex: LearnedExtractor) -> tuple[np.ndarray, np.ndarray]:
         """Distance to and descriptor agreement with the turned image's nearest keypoint."""
         a, b = ex.extract(photo), ex.extract(turned)
         moved = _quarter_turn(a.keypoints, (96, 128))
@@ -51,12 +51,12 @@ def test_rotated_copies_make_features_follow_a_quarter_turn(rotations: int) -> N
         cos = np.sum(a.descriptors * b.descriptors[nearest], axis=1)
         return d.min(1), cos
 
-    dist, cos = pairs(DenseExtractor(net, "kp2d", max_keypoints=5000, rotations=rotations))
+    dist, cos = pairs(LearnedExtractor(net, "kp2d", max_keypoints=5000, rotations=rotations))
     if rotations == 4:  # the copies are the same pixels, turned: the same features
         assert dist.max() < 1e-3 and cos.min() > 0.999
     else:  # the 45-degree copies are resampled: most features still come back
         assert np.mean((dist < 1) & (cos > 0.9)) > 0.8
-    dist, cos = pairs(DenseExtractor(net, "kp2d", max_keypoints=5000))
+    dist, cos = pairs(LearnedExtractor(net, "kp2d", max_keypoints=5000))
     assert np.mean((dist < 1) & (cos > 0.9)) < 0.2  # upright only: they do not
 
 
@@ -66,14 +66,14 @@ def test_rotations_option() -> None:
         {"channels": [4, 8, 8, 16], "descriptor_dim": 16, "stem_stride": 2, "upsample_width": 8}
     )
     photo = sample_photo("astronaut", (96, 128))
-    ex = DenseExtractor(net, "tiny", max_keypoints=50, rotations=8)
+    ex = LearnedExtractor(net, "tiny", max_keypoints=50, rotations=8)
     assert ex.name == "tiny+rot8"
     f = ex.extract(photo)
     assert f.descriptors.shape == (50, 16)
     assert np.all(f.keypoints >= 0) and np.all(f.keypoints <= [127, 95])
     assert np.allclose(np.linalg.norm(f.descriptors, axis=1), 1, atol=1e-5)
     with pytest.raises(ValueError, match="rotations"):
-        DenseExtractor(net, "tiny", rotations=0)
+        LearnedExtractor(net, "tiny", rotations=0)
     assert get_extractor("sift", rotations=8).name == "sift"  # OpenCV has its own
 
 

@@ -18,7 +18,7 @@ import torch
 
 from keypointlab.config import ConfigError
 from keypointlab.data.samples import sample_photo
-from keypointlab.training.checkpoint import (
+from keypointlab.io.checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
     load_checkpoint,

@@ -227,10 +227,10 @@ def test_paper_weights_are_the_defaults():
 
 
 def test_gradients_reach_every_parameter():
-    from keypointlab.training.methods import get_method
+    from keypointlab.training.step import build_train_step
 
     torch.manual_seed(0)
-    step = get_method("unsuperpoint").build(TINY, None)
+    step = build_train_step("unsuperpoint", TINY, None)
     losses, _ = step(_pairs())
     assert torch.isfinite(losses["total"])
     losses["total"].backward()
@@ -243,10 +243,10 @@ def test_gradients_reach_every_parameter():
 
 
 def test_overfits_one_batch():
-    from keypointlab.training.methods import get_method
+    from keypointlab.training.step import build_train_step
 
     torch.manual_seed(0)
-    step = get_method("unsuperpoint").build(TINY, None)
+    step = build_train_step("unsuperpoint", TINY, None)
     batch = _pairs()
     opt = torch.optim.Adam(step.parameters(), lr=1e-3)
     history = []
@@ -262,12 +262,13 @@ def test_overfits_one_batch():
 
 
 def test_registry_config_and_extractor():
-    from keypointlab.features.learned import DenseExtractor
-    from keypointlab.training.methods import get_method
+    from keypointlab.features.learned import LearnedExtractor
+    from keypointlab.models.base import get_method
+    from keypointlab.training.step import build_train_step
     from keypointlab.training.trainer import load_config
 
     method = get_method("unsuperpoint")
-    assert method.model_cls is UnsuperPoint
+    assert method is UnsuperPoint
     assert method.loss_defaults is L.DEFAULT_CONF
     conf = load_config(CONFIG, ["model.channels=[8, 8, 16, 16]", "loss.alpha_desc=0.01"])
     assert conf["method"] == "unsuperpoint"
@@ -281,10 +282,9 @@ def test_registry_config_and_extractor():
     with pytest.raises(ConfigError, match="model.width"):
         load_config(CONFIG, ["model.width=3"])
 
-    step = method.build(conf["model"], conf["loss"])
-    net = method.dense_net(step.model)
-    assert net is step.model
-    extractor = DenseExtractor(net, "unsuperpoint", max_keypoints=20)
+    step = build_train_step("unsuperpoint", conf["model"], conf["loss"])
+    extractor = LearnedExtractor(step.model, "unsuperpoint", max_keypoints=20)
+    assert extractor.net is step.model
     image = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
     feats = extractor._extract(image)
     assert feats.keypoints.shape == (20, 2) and feats.descriptors.shape == (20, 128)

@@ -52,9 +52,10 @@ from keypointlab.data.pairs import (
     to_tensor,
 )
 from keypointlab.data.synthetic import SyntheticShapes, points_to_map
-from keypointlab.features.export import safe_key
 from keypointlab.geometry import inside_image, sample_homography, warp_image, warp_points
 from keypointlab.geometry.homography import resize_matrix
+from keypointlab.io.h5 import read_keypoint_group, safe_key
+from keypointlab.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -71,19 +72,17 @@ class Source:
     needs_images: bool
 
 
-SOURCES: dict[str, Source] = {}
+SOURCES: Registry[Source] = Registry("data source", "keypointlab.data")
 
 
 def register_source(name: str, build: Builder, needs_images: bool) -> None:
-    """Add a data source (``data.source: name``)."""
-    SOURCES[name] = Source(build, needs_images)
+    """Add a data source (``data.source: name``), where the dataset is defined."""
+    SOURCES.register(name, Source(build, needs_images))
 
 
 def get_source(name: str) -> Source:
     """The source called ``name``; unknown names raise ``KeyError`` listing the known."""
-    if name not in SOURCES:
-        raise KeyError(f"unknown data source {name!r}; known: {sorted(SOURCES)}")
-    return SOURCES[name]
+    return SOURCES.get(name)
 
 
 def build_dataset(data_conf: dict[str, Any], seed: int, progress: bool = True) -> Dataset:
@@ -233,13 +232,13 @@ def load_labelled_images(
             if key not in h5 or "keypoints" not in h5[key]:
                 unlabelled += 1
                 continue
-            group = h5[key]
+            group = read_keypoint_group(h5, key, required=("keypoints",))
             kp = np.asarray(group["keypoints"], np.float64).reshape(-1, 2)
             h, w = image.shape[:2]
-            if "image_size" in group and tuple(np.asarray(group["image_size"])) != (h, w):
+            if "image_size" in group and tuple(group["image_size"]) != (h, w):
                 raise ValueError(
                     f"{labels}: labels of {key} are for an image of size "
-                    f"{tuple(np.asarray(group['image_size']))}, but {path} is {(h, w)}"
+                    f"{tuple(group['image_size'])}, but {path} is {(h, w)}"
                 )
             s = max_side / max(h, w)
             if s < 1:

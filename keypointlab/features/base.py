@@ -24,12 +24,19 @@ class Features:
         descriptors: ``(N, D)`` float32; binary descriptors are unpacked to 0/1 bits so
             that squared Euclidean distance equals Hamming distance.
         image_size: ``(height, width)`` of that image.
+        scales: optional ``(N,)`` keypoint size in pixels of that image (the diameter of
+            the region described, as OpenCV's ``KeyPoint.size``).
+        orientations: optional ``(N,)`` keypoint orientation in radians, from the +x axis
+            towards +y in image coordinates (y points down: clockwise on screen, as
+            OpenCV's ``KeyPoint.angle`` in degrees).
     """
 
     keypoints: np.ndarray
     scores: np.ndarray
     descriptors: np.ndarray
     image_size: tuple[int, int]
+    scales: np.ndarray | None = None
+    orientations: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.keypoints = np.asarray(self.keypoints, dtype=np.float64).reshape(-1, 2)
@@ -43,14 +50,34 @@ class Features:
                 f"inconsistent features: {n} keypoints, {len(self.scores)} scores, "
                 f"{len(self.descriptors)} descriptors"
             )
+        for name in ("scales", "orientations"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value, dtype=np.float64).reshape(-1)
+                if len(value) != n:
+                    raise ValueError(f"inconsistent features: {n} keypoints, {len(value)} {name}")
+                setattr(self, name, value)
 
     def __len__(self) -> int:
         return len(self.keypoints)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The per-keypoint arrays by name (optional ones only when present)."""
+        out = {"keypoints": self.keypoints, "scores": self.scores, "descriptors": self.descriptors}
+        for name in ("scales", "orientations"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
     def select(self, index: np.ndarray) -> Features:
         """The subset at ``index`` (indices or boolean mask)."""
         return Features(
-            self.keypoints[index], self.scores[index], self.descriptors[index], self.image_size
+            self.keypoints[index],
+            self.scores[index],
+            self.descriptors[index],
+            self.image_size,
+            None if self.scales is None else self.scales[index],
+            None if self.orientations is None else self.orientations[index],
         )
 
     def top_k(self, k: int | None) -> Features:
@@ -62,9 +89,12 @@ class Features:
         return self.select(order)
 
     def scaled(self, sx: float, sy: float, image_size: tuple[int, int]) -> Features:
-        """Keypoints rescaled by ``(sx, sy)`` for an image resized to ``image_size``."""
+        """Keypoints rescaled by ``(sx, sy)`` for an image resized to ``image_size``
+        (scales by the geometric mean of the two factors; orientations kept, exact only
+        when ``sx == sy``)."""
         kp = self.keypoints * np.array([sx, sy])
-        return Features(kp, self.scores, self.descriptors, image_size)
+        scales = None if self.scales is None else self.scales * float(np.sqrt(sx * sy))
+        return Features(kp, self.scores, self.descriptors, image_size, scales, self.orientations)
 
 
 def as_rgb_uint8(image: ImageInput) -> np.ndarray:

@@ -68,9 +68,12 @@ class OpenCVExtractor(Extractor):
             return Features(np.zeros((0, 2)), np.zeros(0), np.zeros((0, dim), np.float32), size)
         xy = np.array([k.pt for k in kps], dtype=np.float64)
         scores = np.array([k.response for k in kps], dtype=np.float64)
+        scales = np.array([k.size for k in kps], dtype=np.float64)
+        angles = np.deg2rad([k.angle if k.angle >= 0 else 0.0 for k in kps])
         if self.binary:
             desc = np.unpackbits(desc, axis=1).astype(np.float32)
         if len(kps) > self.max_keypoints:  # BRISK/KAZE have no cap of their own
             keep = np.argsort(-scores, kind="stable")[: self.max_keypoints]
             xy, scores, desc = xy[keep], scores[keep], desc[keep]
-        return Features(xy, scores, desc.astype(np.float32), size)
+            scales, angles = scales[keep], angles[keep]
+        return Features(xy, scores, desc.astype(np.float32), size, scales, angles)

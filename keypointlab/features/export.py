@@ -8,16 +8,15 @@ only when the folder is done, so a crash never leaves a file that looks complete
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 from tqdm import tqdm
 
 from keypointlab.data.images import list_images, read_images
 from keypointlab.features.base import Extractor
 from keypointlab.features.h5 import write_features
+from keypointlab.io.h5 import partial_h5, safe_key
 
 logger = logging.getLogger(__name__)
 
@@ -29,33 +28,6 @@ class ExtractReport:
     written: int = 0
     reused: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def safe_key(relative: str) -> str:
-    """An HDF5 group name for an image path relative to the folder.
-
-    Path components that HDF5 or a reader could misinterpret (``.``, ``..``, empty) are
-    escaped, so a name can never point outside the file's intended layout.
-    """
-    parts = []
-    for part in relative.replace("\\", "/").split("/"):
-        if part in ("", ".", ".."):
-            part = part.replace(".", "%2E") or "%2F"
-        parts.append("".join(_escape_char(c) for c in part))
-    return "/".join(parts)
-
-
-def _escape_char(c: str) -> str:
-    """``c``, or a ``%`` escape when HDF5 cannot store it (NUL; a surrogate, which is how
-    Python spells a file name's bytes that are not UTF-8, e.g. Latin-1 ``caf\\xe9.png``)."""
-    code = ord(c)
-    if code == 0:
-        return "%00"
-    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's surrogateescape of byte code - 0xDC00
-        return f"%{code - 0xDC00:02X}"
-    if 0xD800 <= code <= 0xDFFF:
-        return f"%u{code:04X}"
-    return c
 
 
 def extract_folder(
@@ -76,12 +48,8 @@ def extract_folder(
     paths = list_images(folder)
     if not paths:
         raise FileNotFoundError(f"{folder}: no image files found")
-    partial = out.with_name(out.name + ".partial")
-    if not resume:
-        partial.unlink(missing_ok=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = ExtractReport()
-    with h5py.File(partial, "a") as h5:
+    with partial_h5(out, resume=resume) as h5:
         todo = []
         owner: dict[str, Path] = {}
         for p in paths:
@@ -108,5 +76,4 @@ def extract_folder(
             write_features(h5, safe_key(path.relative_to(folder).as_posix()), feats)
             h5.flush()
             report.written += 1
-    os.replace(partial, out)
     return report

@@ -1,9 +1,4 @@
-"""Feature files in the layout hloc uses: one HDF5 group per image, named by its path.
-
-A group ``graf/img1.png`` (nested groups ``graf`` / ``img1.png``) holds the datasets
-``keypoints`` (N, 2) xy pixels, ``scores`` (N,), ``descriptors`` (N, D) and, when known,
-``image_size`` (height, width).
-"""
+"""Feature files as :class:`Features`: the layout itself is :mod:`keypointlab.io.h5`'s."""
 
 from __future__ import annotations
 
@@ -13,49 +8,38 @@ import h5py
 import numpy as np
 
 from keypointlab.features.base import Extractor, Features
+from keypointlab.io.h5 import (
+    FeatureFileError,
+    read_keypoint_group,
+    write_keypoint_group,
+)
 
-
-class FeatureFileError(KeyError):
-    """A feature file that lacks an image or a dataset, or holds inconsistent arrays."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
-        return str(self.args[0])
+__all__ = ["FeatureFileError", "FeatureFileExtractor", "read_features", "write_features"]
 
 
 def read_features(h5: h5py.File, key: str, image_size: tuple[int, int]) -> Features:
-    """Read the features of image ``key`` from an open file.
+    """Read the features of image ``key`` from an open file (see :mod:`keypointlab.io.h5`).
 
     Raises:
         FeatureFileError: the group or one of its datasets is missing or malformed.
     """
-    if key not in h5:
-        raise FeatureFileError(f"{h5.filename}: no group {key!r}")
-    group = h5[key]
-    arrays = {}
-    for name in ("keypoints", "scores", "descriptors"):
-        if name not in group:
-            raise FeatureFileError(f"{h5.filename}: group {key!r} has no dataset {name!r}")
-        arrays[name] = np.asarray(group[name])
-    kp = arrays["keypoints"]
-    if kp.ndim != 2 or kp.shape[1] != 2:
-        raise FeatureFileError(f"{h5.filename}: {key}/keypoints has shape {kp.shape}, not (N, 2)")
-    if not np.all(np.isfinite(kp)):
-        raise FeatureFileError(f"{h5.filename}: {key}/keypoints has non-finite values")
+    arrays = read_keypoint_group(h5, key)
     try:
-        return Features(kp, arrays["scores"], arrays["descriptors"], image_size)
+        return Features(
+            arrays["keypoints"],
+            arrays["scores"],
+            arrays["descriptors"],
+            image_size,
+            scales=arrays.get("scales"),
+            orientations=arrays.get("orientations"),
+        )
     except ValueError as exc:
         raise FeatureFileError(f"{h5.filename}: group {key!r}: {exc}") from exc
 
 
 def write_features(h5: h5py.File, key: str, features: Features) -> None:
     """Write (or replace) the features of image ``key`` in an open file."""
-    if key in h5:
-        del h5[key]
-    group = h5.create_group(key)
-    group.create_dataset("keypoints", data=features.keypoints.astype(np.float32))
-    group.create_dataset("scores", data=features.scores.astype(np.float32))
-    group.create_dataset("descriptors", data=features.descriptors)
-    group.create_dataset("image_size", data=np.asarray(features.image_size, dtype=np.int64))
+    write_keypoint_group(h5, key, features.arrays(), features.image_size)
 
 
 class FeatureFileExtractor(Extractor):
@@ -82,37 +66,3 @@ class FeatureFileExtractor(Extractor):
 
     def close(self) -> None:
         self._h5.close()
-
-
-def pair_key(name0: str, name1: str) -> str:
-    """hloc's match-group name for a pair: ``a-b.png/c-d.png`` for ``a/b.png`` and ``c/d.png``."""
-    return "/".join((name0.replace("/", "-"), name1.replace("/", "-")))
-
-
-def write_matches(
-    h5: h5py.File, name0: str, name1: str, matches0: np.ndarray, scores0: np.ndarray | None = None
-) -> None:
-    """Write matches of a pair in hloc's layout: ``matches0`` (N0,) int32 index into image 1
-    or -1, and ``matching_scores0`` (N0,) float16."""
-    key = pair_key(name0, name1)
-    if key in h5:
-        del h5[key]
-    group = h5.create_group(key)
-    m = np.asarray(matches0, dtype=np.int32)
-    group.create_dataset("matches0", data=m)
-    s = np.asarray(scores0 if scores0 is not None else (m >= 0), dtype=np.float16)
-    group.create_dataset("matching_scores0", data=s)
-
-
-def read_matches(h5: h5py.File, name0: str, name1: str) -> np.ndarray:
-    """``(M, 2)`` index pairs of the stored matches of a pair.
-
-    Raises:
-        FeatureFileError: the pair is not in the file.
-    """
-    key = pair_key(name0, name1)
-    if key not in h5 or "matches0" not in h5[key]:
-        raise FeatureFileError(f"{h5.filename}: no matches for pair {name0!r} {name1!r}")
-    m = np.asarray(h5[key]["matches0"])
-    idx = np.flatnonzero(m >= 0)
-    return np.stack([idx, m[idx]], axis=1)

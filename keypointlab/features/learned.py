@@ -1,16 +1,17 @@
-"""Learned dense extractors (KP2D, UnsuperPoint, ...) behind the :class:`Extractor` interface.
+"""Learned extractors: any model of the method contract behind the :class:`Extractor`
+interface, at several image scales and in rotated copies.
 
-A dense network maps an image to per-cell ``scores`` ``(B, 1, Hc, Wc)``, pixel
-``keypoints`` ``(B, 2, Hc, Wc)`` and a ``descriptors`` map; the extractor pads the image to
-the network's stride, keeps the keypoints inside the real image, samples and normalises
-their descriptors and returns the best ``max_keypoints`` by score.
+A model returns sparse detections of one image and describes the ones it is asked to (see
+:mod:`keypointlab.models.base`); :class:`LearnedExtractor` pads the image to the model's
+input multiple, keeps the detections inside the real image, describes the best
+``max_keypoints`` by score and maps them back to the image's pixels. Plain dense cell
+networks (``scores``, ``keypoints``, ``descriptors`` maps) are wrapped by
+:func:`keypointlab.models.cells.as_sparse_model`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -21,17 +22,24 @@ from torch import nn
 from keypointlab.features.base import Extractor, Features
 from keypointlab.geometry import rotation_canvas, warp_points
 from keypointlab.geometry.homography import resize_matrix
-from keypointlab.geometry.keypoints import sample_descriptors
+from keypointlab.models.cells import as_sparse_model
+from keypointlab.models.loading import load_model, shipped_models
+
+__all__ = ["LearnedExtractor", "load_learned", "scales_label", "shipped_models"]
+
+OPTIONAL = ("scales", "orientations")
 
 
-class DenseExtractor(Extractor):
-    """Runs a dense keypoint network on one image, optionally at several scales.
+class LearnedExtractor(Extractor):
+    """Runs a model of the method contract on one image, optionally at several scales.
 
     Args:
-        net: module returning ``scores``, ``keypoints`` and ``descriptors`` (see above).
+        net: a model with ``detect`` / ``describe`` (see :mod:`keypointlab.models.base`),
+            or a plain module returning dense cell maps (see the module docstring).
         name: the name reported in results.
         max_keypoints: keypoints kept per image (by score).
-        stride: the network's cell size; images are padded to a multiple of it.
+        stride: images are padded to a multiple of this (default: the model's
+            ``input_multiple()``; the cell size of a plain dense module, 8 if not given).
         device: torch device to run on (the caller's choice).
         min_size: smaller images are rejected with a clear error.
         scales: image scales the network runs at (the image is resized by each, area
@@ -54,15 +62,15 @@ class DenseExtractor(Extractor):
         net: nn.Module,
         name: str = "learned",
         max_keypoints: int = 2000,
-        stride: int = 8,
+        stride: int | None = None,
         device: str | torch.device = "cpu",
         min_size: int = 16,
         scales: tuple[float, ...] = (1.0,),
         rotations: int = 1,
     ) -> None:
-        self.net = net.to(device).eval()
+        self.net = as_sparse_model(net, stride or 8).to(device).eval()
         self.max_keypoints = max_keypoints
-        self.stride = stride
+        self.stride = int(stride or self.net.input_multiple())
         self.device = torch.device(device)
         self.min_size = min_size
         self.scales = tuple(float(s) for s in scales)
@@ -75,30 +83,25 @@ class DenseExtractor(Extractor):
         if self.rotations > 1:
             self.name += f"+rot{self.rotations}"
 
-    def _forward(self, image: np.ndarray) -> tuple[dict[str, torch.Tensor], tuple[int, int]]:
-        """The network's outputs on ``image`` padded to the stride, and the padded size."""
+    def _tensor(self, image: np.ndarray) -> torch.Tensor:
+        """``image`` as ``(1, 3, H, W)`` float in ``[0, 1]``, padded to the stride."""
         h, w = image.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         x = x.permute(2, 0, 1).unsqueeze(0).float() / 255.0
         ph, pw = (-h) % self.stride, (-w) % self.stride
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        return self.net({"image": x}), (h + ph, w + pw)
+        return x
 
     @torch.inference_mode()
-    def _run(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Keypoints, scores and descriptors of the best ``max_keypoints`` at one scale,
-        over every rotated copy of ``image``."""
+    def _run(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """The best ``max_keypoints`` at one scale, over every rotated copy of ``image``."""
         parts = [
             self._run_rotated(image, 2 * np.pi * k / self.rotations) for k in range(self.rotations)
         ]
-        kp, scores, desc = (torch.cat(p) for p in zip(*parts, strict=True))
-        order = torch.argsort(scores, descending=True, stable=True)[: self.max_keypoints]
-        return kp[order], scores[order], desc[order]
+        return _best(_concat(parts), self.max_keypoints)
 
-    def _run_rotated(
-        self, image: np.ndarray, angle: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _run_rotated(self, image: np.ndarray, angle: float) -> dict[str, torch.Tensor]:
         """The best keypoints of ``image`` turned by ``-angle``, in ``image``'s pixels."""
         h, w = image.shape[:2]
         H = None
@@ -107,20 +110,23 @@ class DenseExtractor(Extractor):
             image = cv2.warpAffine(
                 image, H[:2], (cw, ch), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101
             )
-        out, padded = self._forward(image)
-        kp = out["keypoints"][0].flatten(1).T  # (N, 2)
-        scores = out["scores"][0].flatten()
+        x = self._tensor(image)
+        det, context = self.net.detect(x)
+        kp = det["keypoints"]
         back = kp
         if H is not None:  # to image pixels; the copy's corners are reflected padding
             back = warp_points(kp, kp.new_tensor(np.linalg.inv(H)))
         eps = 1e-3  # round-off of the rotation at the image's border
-        x, y = back[:, 0], back[:, 1]
-        inside = (x >= -eps) & (x <= w - 1 + eps) & (y >= -eps) & (y <= h - 1 + eps)
-        kp, scores = kp[inside], scores[inside]
-        back = torch.stack([x[inside].clamp(0, w - 1), y[inside].clamp(0, h - 1)], 1)
-        order = torch.argsort(scores, descending=True, stable=True)[: self.max_keypoints]
-        desc = sample_descriptors(out["descriptors"], kp[order][None], padded)[0]
-        return back[order], scores[order], desc
+        bx, by = back[:, 0], back[:, 1]
+        inside = (bx >= -eps) & (bx <= w - 1 + eps) & (by >= -eps) & (by <= h - 1 + eps)
+        det = {k: v[inside] for k, v in det.items()}
+        back = torch.stack([bx[inside].clamp(0, w - 1), by[inside].clamp(0, h - 1)], 1)
+        order = torch.argsort(det["scores"], descending=True, stable=True)[: self.max_keypoints]
+        det = {k: v[order] for k, v in det.items()}
+        out = {**det, "keypoints": back[order], "descriptors": self.net.describe(x, context, det)}
+        if angle and "orientations" in out:  # the copy is turned by -angle
+            out["orientations"] = out["orientations"] + angle
+        return out
 
     def _extract(self, image: np.ndarray) -> Features:
         h, w = image.shape[:2]
@@ -138,17 +144,30 @@ class DenseExtractor(Extractor):
             if size != (h, w):
                 interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
                 scaled = cv2.resize(image, (size[1], size[0]), interpolation=interp)
-            kp, scores, desc = self._run(scaled)
-            back = kp.new_tensor(resize_matrix(size, (h, w)))  # scaled pixels -> image pixels
-            parts.append((warp_points(kp, back), scores, desc))
-        kp, scores, desc = (torch.cat(p) for p in zip(*parts, strict=True))
-        order = torch.argsort(scores, descending=True, stable=True)[: self.max_keypoints]
+            out = self._run(scaled)
+            back = out["keypoints"].new_tensor(resize_matrix(size, (h, w)))  # to image pixels
+            out["keypoints"] = warp_points(out["keypoints"], back)
+            if "scales" in out:
+                out["scales"] = out["scales"] * float(np.sqrt(back[0, 0] * back[1, 1]))
+            parts.append(out)
+        out = _best(_concat(parts), self.max_keypoints)
         return Features(
-            kp[order].double().cpu().numpy(),
-            scores[order].double().cpu().numpy(),
-            desc[order].float().cpu().numpy(),
+            out["keypoints"].double().cpu().numpy(),
+            out["scores"].double().cpu().numpy(),
+            out["descriptors"].float().cpu().numpy(),
             (h, w),
+            **{k: out[k].double().cpu().numpy() for k in OPTIONAL if k in out},
         )
+
+
+def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _best(out: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """The ``k`` best entries by score (stable: ties keep their order)."""
+    order = torch.argsort(out["scores"], descending=True, stable=True)[:k]
+    return {name: v[order] for name, v in out.items()}
 
 
 def scales_label(scales: tuple[float, ...]) -> str:
@@ -156,74 +175,23 @@ def scales_label(scales: tuple[float, ...]) -> str:
     return ",".join(f"{s:.2f}".rstrip("0").rstrip(".") for s in scales)
 
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-
-
-def shipped_models() -> list[str]:
-    """Names of the trained models shipped inside the package."""
-    if not WEIGHTS_DIR.is_dir():
-        return []
-    return sorted(
-        p.stem
-        for p in WEIGHTS_DIR.glob("*.safetensors")
-        if (WEIGHTS_DIR / f"{p.stem}.json").is_file()
-    )
-
-
-def _build(method_name: str, model_conf: dict[str, Any]) -> tuple[Any, nn.Module]:
-    from keypointlab.training.methods import get_method
-
-    method = get_method(method_name)
-    model = method.model_cls(model_conf)
-    return method, model
-
-
-def load_shipped(
-    name: str,
+def load_learned(
+    source: str | Path,
     device: str | torch.device = "cpu",
     max_keypoints: int = 2000,
     scales: tuple[float, ...] | None = None,
     rotations: int = 1,
-) -> DenseExtractor:
-    """A shipped model by name; weights are read with safetensors (no code execution).
+) -> LearnedExtractor:
+    """The extractor of a shipped model (by name) or of a checkpoint / run folder.
 
-    ``scales`` defaults to the model's own (its ``.json``'s ``scales``; 1 if none); see
-    :class:`DenseExtractor` for ``rotations``."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
-    scales = tuple(scales or meta.get("scales", (1.0,)))
-    method, model = _build(meta["method"], meta["model"])
-    model.load_state_dict(load_file(str(WEIGHTS_DIR / f"{name}.safetensors")))
-    return DenseExtractor(
-        method.dense_net(model),
-        name,
+    ``scales`` defaults to the shipped model's own (its ``.json``'s ``scales``), 1 for
+    checkpoints; see :class:`LearnedExtractor` for ``rotations``."""
+    loaded = load_model(source, device)
+    return LearnedExtractor(
+        loaded.model,
+        loaded.name,
         max_keypoints,
         device=device,
-        scales=scales,
-        rotations=rotations,
-    )
-
-
-def load_checkpoint_extractor(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    max_keypoints: int = 2000,
-    scales: tuple[float, ...] | None = None,
-    rotations: int = 1,
-) -> DenseExtractor:
-    """An extractor from a training checkpoint (``ckpt_*.pt``) or a run folder (at scale 1
-    and upright unless ``scales`` and ``rotations`` say otherwise)."""
-    from keypointlab.training.checkpoint import load_model
-    from keypointlab.training.methods import get_method
-
-    state, model = load_model(path, device)
-    net = get_method(state["method"]).dense_net(model)
-    return DenseExtractor(
-        net,
-        Path(path).stem,
-        max_keypoints,
-        device=device,
-        scales=scales or (1.0,),
+        scales=tuple(scales or loaded.options.get("scales", (1.0,))),
         rotations=rotations,
     )

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from keypointlab.features.base import Extractor
 from keypointlab.features.classical import OpenCVExtractor, available_opencv_features
+from keypointlab.features.learned import load_learned
+from keypointlab.models.loading import shipped_models
 
-# Learned models register a loader here: name -> factory(**kwargs) -> Extractor.
-_LOADERS: dict[str, Callable[..., Extractor]] = {}
-
-
-def register_extractor(name: str, loader: Callable[..., Extractor]) -> None:
-    """Make ``get_extractor(name)`` build an extractor with ``loader(**kwargs)``."""
-    _LOADERS[name] = loader
+LEARNED_ONLY = ("device", "scales", "rotations")  # options OpenCV features ignore
 
 
 def available_features() -> list[str]:
     """Every feature name :func:`get_extractor` accepts (besides checkpoint paths)."""
-    from keypointlab.features.learned import shipped_models
-
-    return available_opencv_features() + sorted(set(_LOADERS) | set(shipped_models()))
+    return available_opencv_features() + shipped_models()
 
 
 def get_extractor(name: str, **kwargs: Any) -> Extractor:
@@ -36,17 +29,10 @@ def get_extractor(name: str, **kwargs: Any) -> Extractor:
     Raises:
         KeyError: ``name`` is unknown; the message lists the known names.
     """
-    from keypointlab.features import learned
-
-    if name in _LOADERS:
-        return _LOADERS[name](**kwargs)
     if name in available_opencv_features():
-        kwargs.pop("device", None)
-        kwargs.pop("scales", None)
-        kwargs.pop("rotations", None)
+        for key in LEARNED_ONLY:
+            kwargs.pop(key, None)
         return OpenCVExtractor(name, **kwargs)
-    if name in learned.shipped_models():
-        return learned.load_shipped(name, **kwargs)
-    if name.endswith(".pt") or Path(name).is_dir():
-        return learned.load_checkpoint_extractor(name, **kwargs)
+    if name in shipped_models() or name.endswith(".pt") or Path(name).is_dir():
+        return load_learned(name, **kwargs)
     raise KeyError(f"unknown feature {name!r}; available: {', '.join(available_features())}")

@@ -22,12 +22,13 @@ Terms (defaults follow KP2D's code):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from keypointlab.geometry import warp_points
+from keypointlab.geometry.groundtruth import GroundTruth, as_ground_truth
 from keypointlab.geometry.keypoints import (
     border_mask,
     nearest_points,
@@ -151,13 +152,14 @@ def io_loss(
     kp_tgt: torch.Tensor,
     s_tgt: torch.Tensor,
     desc_tgt: torch.Tensor,
-    H_src_to_tgt: torch.Tensor,
+    warp_src_to_tgt: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     size: tuple[int, int],
     top_k: int,
     max_distance: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """IO-Net loss on the top-k source points and their descriptor matches among the top-k
-    target points. Returns ``(loss, fraction of inliers)``."""
+    target points; ``warp_src_to_tgt`` is the ground truth's warp (points, known).
+    Returns ``(loss, fraction of inliers)``."""
     k = min(top_k, kp_src.shape[1], kp_tgt.shape[1])
     i_src = s_src.topk(k, dim=1).indices
     i_tgt = s_tgt.topk(k, dim=1).indices
@@ -172,17 +174,27 @@ def io_loss(
         [normalize_coords(p_src, size), normalize_coords(p_match, size), dmin.unsqueeze(-1)], dim=-1
     )
     pred = io_net(pairs.transpose(1, 2))
-    err = (warp_points(p_src, H_src_to_tgt) - p_match).norm(dim=-1)
-    inlier = err.detach() < max_distance
+    warped, known = warp_src_to_tgt(p_src)
+    err = (_finite(warped) - p_match).norm(dim=-1)
+    inlier = (err.detach() < max_distance) & known
     gt = inlier.float() * 2 - 1
     loss = F.mse_loss(pred, gt) if inlier.sum() > 10 else pred.sum() * 0
     return loss, inlier.float().mean()
 
 
+def _finite(xy: torch.Tensor) -> torch.Tensor:
+    """Warped points with unknown ones (NaN, inf) moved far outside every image, so that
+    distances stay finite; known points are unchanged (bit for bit)."""
+    return torch.nan_to_num(xy, nan=FAR, posinf=FAR, neginf=FAR)
+
+
+FAR = -1e4  # px: where points without ground truth are put
+
+
 def kp2d_loss(
     pred0: dict[str, torch.Tensor],
     pred1: dict[str, torch.Tensor],
-    H_0to1: torch.Tensor,
+    gt: GroundTruth | torch.Tensor,
     image_size: tuple[int, int],
     io_net: torch.nn.Module | None = None,
     conf: dict[str, Any] | None = None,
@@ -192,7 +204,7 @@ def kp2d_loss(
 
     Args:
         pred0, pred1: KeyPointNet outputs for view 0 (target) and view 1 (source).
-        H_0to1: ``(B, 3, 3)`` homographies from view 0 to view 1.
+        gt: the pair's ground truth (or ``(B, 3, 3)`` homographies ``H_0to1``).
         image_size: ``(H, W)`` of the views.
         io_net: the IO-Net, or None to skip its term.
         conf: overrides of :data:`DEFAULT_CONF`.
@@ -203,16 +215,18 @@ def kp2d_loss(
     """
     c = loss_conf(conf, DEFAULT_CONF, "kp2d_loss")
     src, tgt = pred1, pred0
-    H = torch.linalg.inv(H_0to1)
+    gt = as_ground_truth(gt)
     kp_src, kp_tgt = flatten_points(src["keypoints"]), flatten_points(tgt["keypoints"])
     s_src, s_tgt = src["scores"].flatten(1), tgt["scores"].flatten(1)
-    kp_src_w = warp_points(kp_src, H)
+    kp_src_w, known = gt.warp_1to0(kp_src)
+    kp_src_w = _finite(kp_src_w)
     dist, idx = nearest_points(kp_src_w, kp_tgt)
     hc, wc = src["scores"].shape[-2:]
     cells = torch.zeros(hc, wc, dtype=torch.bool, device=dist.device)
     b = c["border_cells"]
     cells[b : hc - b, b : wc - b] = True
     border = cells.flatten().unsqueeze(0).expand_as(dist) & border_mask(kp_src_w, image_size, 0)
+    border = border & known
     valid = (dist < c["max_distance"]) & border
 
     losses: dict[str, torch.Tensor] = {}
@@ -256,7 +270,7 @@ def kp2d_loss(
             kp_tgt,
             s_tgt,
             desc_tgt,
-            H,
+            gt.warp_1to0,
             image_size,
             c["io_top_k"],
             c["max_distance"],

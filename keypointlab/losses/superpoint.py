@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from keypointlab.geometry import warp_points
+from keypointlab.geometry.groundtruth import GroundTruth, as_ground_truth
 from keypointlab.geometry.keypoints import cell_centers
 from keypointlab.losses import loss_conf
 
@@ -153,7 +153,7 @@ def detector_metrics(
 def descriptor_loss(
     desc0: torch.Tensor,
     desc1: torch.Tensor,
-    H_0to1: torch.Tensor,
+    gt: GroundTruth | torch.Tensor,
     valid_mask0: torch.Tensor | None = None,
     valid_mask1: torch.Tensor | None = None,
     lambda_d: float = 250.0,
@@ -166,7 +166,8 @@ def descriptor_loss(
 
     Args:
         desc0, desc1: ``(B, D, Hc, Wc)`` coarse descriptor maps (normalised here).
-        H_0to1: ``(B, 3, 3)`` homographies from view-0 to view-1 pixels.
+        gt: the pair's ground truth (or ``(B, 3, 3)`` homographies ``H_0to1``); cells
+            whose centre has no known correspondence have no positive.
         valid_mask0, valid_mask1: ``(B, H, W)`` valid pixels of each view (``None``: all).
         threshold: a pair is positive when the warped view-0 cell centre is less than this
             many pixels from the view-1 cell centre.
@@ -182,11 +183,12 @@ def descriptor_loss(
     d0 = F.normalize(desc0.flatten(2), dim=1).transpose(1, 2)  # (B, N, D)
     d1 = F.normalize(desc1.flatten(2), dim=1).transpose(1, 2)  # (B, M, D)
     centers = cell_centers(hc, wc, cell, desc0.device, desc0.dtype).flatten(1).T  # (N, 2)
-    warped = warp_points(centers.expand(b, -1, -1), H_0to1.to(desc0.dtype))
+    warped, known = as_ground_truth(gt).warp_0to1(centers.expand(b, -1, -1))
+    warped = torch.nan_to_num(warped, nan=-1e4, posinf=-1e4, neginf=-1e4)
     dist = torch.cdist(
         warped, centers.expand(b, -1, -1), compute_mode="donot_use_mm_for_euclid_dist"
     )
-    positive = dist < threshold  # (B, N, M); exact distances (no matmul trick)
+    positive = (dist < threshold) & known[:, :, None]  # (B, N, M); exact distances
     dot = d0 @ d1.transpose(1, 2)
     per_pair = torch.where(
         positive,
@@ -242,7 +244,7 @@ def superpoint_loss(
     pred1: dict[str, torch.Tensor],
     keypoint_map0: torch.Tensor,
     keypoint_map1: torch.Tensor,
-    H_0to1: torch.Tensor,
+    gt: GroundTruth | torch.Tensor,
     valid_mask0: torch.Tensor | None = None,
     valid_mask1: torch.Tensor | None = None,
     conf: dict[str, Any] | None = None,
@@ -253,7 +255,7 @@ def superpoint_loss(
     Args:
         pred0, pred1: SuperPoint outputs (``logits``, ``descriptors``) of view 0 and view 1.
         keypoint_map0, keypoint_map1: ``(B, H, W)`` labels of each view.
-        H_0to1: ``(B, 3, 3)`` homographies from view-0 to view-1 pixels.
+        gt: the pair's ground truth (or ``(B, 3, 3)`` homographies ``H_0to1``).
         valid_mask0, valid_mask1: ``(B, H, W)`` valid pixels of each view (``None``: all).
         conf: overrides of :data:`DEFAULT_CONF`.
 
@@ -272,7 +274,7 @@ def superpoint_loss(
     ld, desc_metrics = descriptor_loss(
         pred0["descriptors"],
         pred1["descriptors"],
-        H_0to1,
+        gt,
         valid_mask0,
         valid_mask1,
         c["lambda_d"],

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from keypointlab.geometry import warp_points
+from keypointlab.geometry.groundtruth import GroundTruth, as_ground_truth
 from keypointlab.geometry.keypoints import border_mask, nearest_points, sample_descriptors
 from keypointlab.losses import loss_conf
 from keypointlab.losses.kp2d import infonce_descriptor_loss
@@ -199,7 +199,7 @@ def decorrelation_loss(desc: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 def unsuperpoint_loss(
     pred0: dict[str, torch.Tensor],
     pred1: dict[str, torch.Tensor],
-    H_0to1: torch.Tensor,
+    gt: GroundTruth | torch.Tensor,
     image_size: tuple[int, int],
     conf: dict[str, Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -208,7 +208,7 @@ def unsuperpoint_loss(
     Args:
         pred0, pred1: UnsuperPoint outputs (``scores``, ``keypoints``, ``descriptors``,
             ``relative``) for view 0 (branch A) and view 1 (branch B).
-        H_0to1: ``(B, 3, 3)`` homographies from view-0 to view-1 pixels.
+        gt: the pair's ground truth (or ``(B, 3, 3)`` homographies ``H_0to1``).
         image_size: ``(H, W)`` of the views.
         conf: overrides of :data:`DEFAULT_CONF`.
 
@@ -219,8 +219,9 @@ def unsuperpoint_loss(
     c = loss_conf(conf, DEFAULT_CONF, "unsuperpoint_loss")
     kp0, kp1 = flatten_map(pred0["keypoints"]), flatten_map(pred1["keypoints"])
     s0, s1 = pred0["scores"].flatten(1), pred1["scores"].flatten(1)
-    kp0_w = warp_points(kp0, H_0to1.to(kp0.dtype))
-    inside = border_mask(kp0_w, image_size, 0)
+    kp0_w, known = as_ground_truth(gt).warp_0to1(kp0)
+    kp0_w = torch.nan_to_num(kp0_w, nan=-1e4, posinf=-1e4, neginf=-1e4)
+    inside = border_mask(kp0_w, image_size, 0) & known
     dist, idx, valid = associate(kp0_w, kp1, inside, c["correspondence_threshold"])
     s1_paired = s1.gather(1, idx)
 

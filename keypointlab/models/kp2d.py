@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from keypointlab.geometry.keypoints import cell_centers
-from keypointlab.models.base import BaseModel
+from keypointlab.losses import kp2d as kp2d_losses
+from keypointlab.models.base import register_method, split_views
 from keypointlab.models.blocks import conv_block
+from keypointlab.models.cells import CellModel
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
@@ -24,7 +26,7 @@ def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
     return conv_block(cin, cout, k, stride, slope=0.1)
 
 
-class KeyPointNet(BaseModel):
+class KeyPointNet(CellModel):
     """Dense keypoint network with 8x8 cells.
 
     Outputs (``H, W`` the input size, a multiple of 8; ``Hc = H / 8``):
@@ -136,8 +138,16 @@ class IONet(nn.Module):
         return self.head(x)[:, 0]
 
 
-class KP2D(BaseModel):
-    """KeyPointNet plus IO-Net, the trainable unit of the KP2D method."""
+@register_method("kp2d")
+class KP2D(CellModel):
+    """KeyPointNet plus IO-Net, the trainable unit of the KP2D method; extraction runs
+    KeyPointNet alone."""
+
+    loss_defaults: dict[str, Any] = kp2d_losses.DEFAULT_CONF
+    tiny_conf: dict[str, Any] = {
+        "keypoint_net": {"channels": [8, 8, 16, 16], "descriptor_dim": 16},
+        "io_width": 16,
+    }
 
     default_conf: dict[str, Any] = {
         "keypoint_net": KeyPointNet.default_conf,
@@ -152,3 +162,13 @@ class KP2D(BaseModel):
 
     def _forward(self, data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.keypoint_net(data)
+
+    def input_multiple(self) -> int:
+        return int(self.conf["keypoint_net"]["cell"])
+
+    def loss(
+        self, batch: dict[str, torch.Tensor], gt: Any, conf: dict[str, Any], step: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        p0, p1 = split_views(self.keypoint_net, batch)
+        size = tuple(batch["image0"].shape[-2:])
+        return kp2d_losses.kp2d_loss(p0, p1, gt, size, self.io_net, conf, step)

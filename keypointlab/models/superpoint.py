@@ -43,11 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from keypointlab.losses import superpoint as sp_losses
-from keypointlab.models.base import BaseModel
+from keypointlab.models.base import register_method, split_views
 from keypointlab.models.blocks import conv_block, vgg_encoder
-
-# methods.py imports this module lazily (``_load_optional_methods``): no import cycle.
-from keypointlab.training.methods import Method, register_method, split_views
+from keypointlab.models.cells import CellModel
 
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as OpenCV's RGB2GRAY
 
@@ -176,8 +174,21 @@ def _nms_mask(scores: torch.Tensor, radius: int) -> torch.Tensor:
     return keep
 
 
-class MagicPoint(BaseModel):
-    """SuperPoint's encoder and detector head (see the module docstring for the outputs)."""
+_NO_LABELS = (
+    "method {name!r} trains on keypoint labels: set data.source to {sources} "
+    "(adapted_pairs reads data.labels, written by `keypointlab adapt`)"
+)
+_LABEL_SOURCES = "synthetic or adapted_pairs"
+
+
+@register_method("magicpoint")
+class MagicPoint(CellModel):
+    """SuperPoint's encoder and detector head (see the module docstring for the outputs).
+
+    Trains on single labelled images (``image``, ``keypoint_map``, ``valid_mask``: the
+    synthetic source) or on both views of labelled pairs (``image0/1``,
+    ``keypoint_map0/1``, ``valid_mask0/1``: the adapted_pairs source).
+    """
 
     default_conf: dict[str, Any] = {
         "channels": [64, 64, 128, 128],  # widths of the four encoder conv pairs
@@ -185,6 +196,8 @@ class MagicPoint(BaseModel):
         "batch_norm": True,
         "cell": 8,  # fixed by the three 2x2 max-pools
     }
+    loss_defaults: dict[str, Any] = sp_losses.DETECTOR_CONF
+    tiny_conf: dict[str, Any] = {"channels": [8, 8, 16, 16], "head_width": 16}
 
     def _init(self, conf: dict[str, Any]) -> None:
         widths = list(conf["channels"])
@@ -219,11 +232,30 @@ class MagicPoint(BaseModel):
         out["descriptors"] = x  # no descriptor head: encoder features (see module docstring)
         return out
 
+    def loss(
+        self, batch: dict[str, torch.Tensor], gt: Any, conf: dict[str, Any], step: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        if "keypoint_map" in batch:
+            images, maps = batch["image"], batch["keypoint_map"]
+            valid = batch.get("valid_mask")
+        elif "keypoint_map0" in batch:
+            images = torch.cat([batch["image0"], batch["image1"]])
+            maps = torch.cat([batch["keypoint_map0"], batch["keypoint_map1"]])
+            valid = torch.cat([batch["valid_mask0"], batch["valid_mask1"]])
+        else:
+            raise KeyError(_NO_LABELS.format(name=self.method_name, sources=_LABEL_SOURCES))
+        pred = self({"image": images})
+        return sp_losses.magicpoint_loss(pred["logits"], maps, valid, conf)
 
+
+@register_method("superpoint")
 class SuperPoint(MagicPoint):
-    """MagicPoint plus the coarse descriptor head (see the module docstring)."""
+    """MagicPoint plus the coarse descriptor head (see the module docstring); trains its
+    detector and descriptor jointly on labelled homographic pairs."""
 
     default_conf: dict[str, Any] = {**MagicPoint.default_conf, "descriptor_dim": 256}
+    loss_defaults: dict[str, Any] = sp_losses.DEFAULT_CONF
+    tiny_conf: dict[str, Any] = {**MagicPoint.tiny_conf, "descriptor_dim": 16}
 
     def _init(self, conf: dict[str, Any]) -> None:
         super()._init(conf)
@@ -240,56 +272,19 @@ class SuperPoint(MagicPoint):
         out["descriptors"] = self.descriptor(x)
         return out
 
-
-# ----------------------------------------------------------------------------- methods
-
-_NO_LABELS = (
-    "method {name!r} trains on keypoint labels: set data.source to {sources} "
-    "(adapted_pairs reads data.labels, written by `keypointlab adapt`)"
-)
-
-
-def _magicpoint_step(
-    model: MagicPoint, batch: dict[str, torch.Tensor], conf: dict, step: int = 0
-) -> tuple:
-    """Detector loss on single labelled images (``image``, ``keypoint_map``, ``valid_mask``:
-    the synthetic source) or on both views of labelled pairs (``image0/1``,
-    ``keypoint_map0/1``, ``valid_mask0/1``: the adapted_pairs source)."""
-    if "keypoint_map" in batch:
-        images, maps = batch["image"], batch["keypoint_map"]
-        valid = batch.get("valid_mask")
-    elif "keypoint_map0" in batch:
-        images = torch.cat([batch["image0"], batch["image1"]])
-        maps = torch.cat([batch["keypoint_map0"], batch["keypoint_map1"]])
-        valid = torch.cat([batch["valid_mask0"], batch["valid_mask1"]])
-    else:
-        raise KeyError(_NO_LABELS.format(name="magicpoint", sources="synthetic or adapted_pairs"))
-    pred = model({"image": images})
-    return sp_losses.magicpoint_loss(pred["logits"], maps, valid, conf)
-
-
-def _superpoint_step(
-    model: SuperPoint, batch: dict[str, torch.Tensor], conf: dict, step: int = 0
-) -> tuple:
-    """Joint detector and descriptor loss on labelled homographic pairs."""
-    if "keypoint_map0" not in batch:
-        raise KeyError(_NO_LABELS.format(name="superpoint", sources="adapted_pairs"))
-    p0, p1 = split_views(model, batch)
-    return sp_losses.superpoint_loss(
-        p0,
-        p1,
-        batch["keypoint_map0"],
-        batch["keypoint_map1"],
-        batch["H_0to1"],
-        batch.get("valid_mask0"),
-        batch.get("valid_mask1"),
-        conf,
-    )
-
-
-register_method(
-    "magicpoint", Method(MagicPoint, _magicpoint_step, sp_losses.DETECTOR_CONF, lambda m: m)
-)
-register_method(
-    "superpoint", Method(SuperPoint, _superpoint_step, sp_losses.DEFAULT_CONF, lambda m: m)
-)
+    def loss(
+        self, batch: dict[str, torch.Tensor], gt: Any, conf: dict[str, Any], step: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        if "keypoint_map0" not in batch:
+            raise KeyError(_NO_LABELS.format(name=self.method_name, sources="adapted_pairs"))
+        p0, p1 = split_views(self, batch)
+        return sp_losses.superpoint_loss(
+            p0,
+            p1,
+            batch["keypoint_map0"],
+            batch["keypoint_map1"],
+            gt,
+            batch.get("valid_mask0"),
+            batch.get("valid_mask1"),
+            conf,
+        )

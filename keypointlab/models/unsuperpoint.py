@@ -27,14 +27,13 @@ from torch import nn
 
 from keypointlab.geometry.keypoints import cell_centers
 from keypointlab.losses import unsuperpoint as usp_losses
-from keypointlab.models.base import BaseModel
+from keypointlab.models.base import register_method, split_views
 from keypointlab.models.blocks import conv_block, vgg_encoder
-
-# methods.py imports this module lazily (``_load_optional_methods``): no import cycle.
-from keypointlab.training.methods import Method, register_method, split_views
+from keypointlab.models.cells import CellModel
 
 
-class UnsuperPoint(BaseModel):
+@register_method("unsuperpoint")
+class UnsuperPoint(CellModel):
     """UnsuperPoint network with 8x8 cells.
 
     Outputs (``H, W`` the input size, a multiple of 8; ``Hc = H / 8``):
@@ -51,6 +50,8 @@ class UnsuperPoint(BaseModel):
         "negative_slope": 0.01,  # LeakyReLU slope
         "cell": 8,  # fixed by the three 2x2 max-pools
     }
+    loss_defaults: dict[str, Any] = usp_losses.DEFAULT_CONF
+    tiny_conf: dict[str, Any] = {"channels": [8, 8, 16, 16], "descriptor_dim": 16}
 
     def _init(self, conf: dict[str, Any]) -> None:
         widths = list(conf["channels"])
@@ -90,13 +91,9 @@ class UnsuperPoint(BaseModel):
         desc = self.descriptor_head(x)
         return {"scores": scores, "keypoints": kp, "descriptors": desc, "relative": relative}
 
-
-def _step(
-    model: UnsuperPoint, batch: dict[str, torch.Tensor], conf: dict, step: int = 0
-) -> tuple[dict, dict]:
-    p0, p1 = split_views(model, batch)
-    size = tuple(batch["image0"].shape[-2:])
-    return usp_losses.unsuperpoint_loss(p0, p1, batch["H_0to1"], size, conf)
-
-
-register_method("unsuperpoint", Method(UnsuperPoint, _step, usp_losses.DEFAULT_CONF, lambda m: m))
+    def loss(
+        self, batch: dict[str, torch.Tensor], gt: Any, conf: dict[str, Any], step: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        p0, p1 = split_views(self, batch)
+        size = tuple(batch["image0"].shape[-2:])
+        return usp_losses.unsuperpoint_loss(p0, p1, gt, size, conf)

@@ -17,9 +17,8 @@ from keypointlab.data.sequences import load_dataset
 from keypointlab.evaluation.benchmark import evaluate_features
 from keypointlab.evaluation.report import markdown_table, sequence_table, write_atomic
 from keypointlab.features import get_extractor
-from keypointlab.features.learned import WEIGHTS_DIR, DenseExtractor
-from keypointlab.training.checkpoint import load_latest
-from keypointlab.training.methods import get_method
+from keypointlab.features.learned import LearnedExtractor
+from keypointlab.models.loading import WEIGHTS_DIR, load_run
 
 PROTOCOL_CONFIGS = (((240, 320), 300), ((480, 640), 1000))
 
@@ -47,14 +46,11 @@ def ship_model(
     at those scales and at scale 1."""
     scales = tuple(float(s) for s in scales)
     run, out = Path(run), Path(out_dir)
-    found = load_latest(run)
-    if found is None:
-        raise FileNotFoundError(f"{run}: no checkpoint to ship")
-    ckpt_path, state = found
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: no such run folder to ship")
+    loaded = load_run(run)
+    state, model, ckpt_path = loaded.state, loaded.model, loaded.path
     conf = state["config"]
-    method = get_method(state["method"])
-    model = method.model_cls(conf["model"])
-    model.load_state_dict(state["model"])
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(out / f"{name}.safetensors"))
@@ -62,10 +58,9 @@ def ship_model(
     write_atomic(out / f"{name}.json", json.dumps(meta, indent=1))
 
     sequences, skipped = load_dataset(eval_data)
-    net = method.dense_net(model)
-    extractors = [DenseExtractor(net, name)]
+    extractors = [LearnedExtractor(model, name)]
     if scales != (1.0,):
-        extractors.insert(0, DenseExtractor(net, name, scales=scales))
+        extractors.insert(0, LearnedExtractor(model, name, scales=scales))
     extractors += [get_extractor("sift"), get_extractor("orb")]
     results = [
         evaluate_features(ex, sequences, size, k, skipped, progress=False)

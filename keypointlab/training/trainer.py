@@ -23,8 +23,9 @@ from tqdm import tqdm
 from keypointlab.config import deep_update, load_yaml, merge, parse_overrides
 from keypointlab.data.pairs import IndexSampler
 from keypointlab.data.sources import build_dataset
-from keypointlab.training.checkpoint import load_latest, save_checkpoint
-from keypointlab.training.methods import TrainStep, get_method
+from keypointlab.io.checkpoint import load_latest, save_checkpoint
+from keypointlab.models.base import METHODS, build_model, get_method
+from keypointlab.training.step import TrainStep
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw = deep_update(load_yaml(path) if path else {}, parse_overrides(overrides or []))
     conf = merge(DEFAULT_CONFIG, raw)
     method = get_method(conf["method"])
-    conf["model"] = merge(method.model_cls.default_conf, conf["model"], "model.")
+    conf["model"] = merge(method.default_conf, conf["model"], "model.")
     conf["loss"] = merge(method.loss_defaults, conf["loss"], "loss.")
     return conf
 
@@ -162,8 +163,9 @@ class Trainer:
         self.out = Path(t["out"])
         self.progress = progress and self.rank == 0
         torch.manual_seed(t["seed"])
-        self.method = get_method(conf["method"])
-        self.step_module: TrainStep = self.method.build(conf["model"], conf["loss"]).to(self.device)
+        self.method_module = METHODS.module_of(conf["method"])
+        model = build_model(conf["method"], conf["model"])
+        self.step_module = TrainStep(model, conf["loss"]).to(self.device)
         self.optimizer = torch.optim.Adam(
             self.step_module.parameters(), lr=t["lr"], weight_decay=t["weight_decay"]
         )
@@ -200,6 +202,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {
             "method": self.conf["method"],
+            "method_module": self.method_module,
             "config": json.loads(json.dumps(self.conf)),
             "model": self.step_module.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -273,16 +276,16 @@ class Trainer:
         """Protocol metrics of the current model on ``eval.data`` (rank 0 only)."""
         from keypointlab.data.sequences import load_dataset
         from keypointlab.evaluation.benchmark import evaluate_features
-        from keypointlab.features.learned import DenseExtractor
+        from keypointlab.features.learned import LearnedExtractor
 
         e = self.conf["eval"]
         sequences, _ = load_dataset(e["data"])
-        net = self.method.dense_net(self.step_module.model)
-        extractor = DenseExtractor(net, self.conf["method"], device=self.device)
+        model = self.step_module.model
+        extractor = LearnedExtractor(model, self.conf["method"], device=self.device)
         result = evaluate_features(
             extractor, sequences, tuple(e["size"]), e["top_k"], progress=False
         )
-        net.train()
+        model.train()
         s = result.summary()
         record = {
             "step": self.step,

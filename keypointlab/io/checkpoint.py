@@ -89,36 +89,3 @@ def load_latest(
         except CheckpointError as exc:
             logger.warning("%s; falling back to the previous checkpoint", exc)
     return None
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict, Any]:
-    """The model of a checkpoint (``ckpt_*.pt``) or of a run folder's newest checkpoint.
-
-    Returns:
-        ``(state, model)``: the checkpoint dict and its model in eval mode on ``device``.
-
-    Raises:
-        FileNotFoundError: no checkpoint there.
-        CheckpointError: the file cannot be loaded safely.
-        ValueError: the weights do not fit the checkpoint's model.
-    """
-    from keypointlab.training.methods import get_method
-
-    path = Path(path)
-    if path.is_dir():
-        found = load_latest(path)
-        if found is None:
-            raise FileNotFoundError(f"{path}: no checkpoint in this folder")
-        path, state = found
-    elif path.is_file():
-        state = load_checkpoint(path)
-    else:
-        raise FileNotFoundError(f"{path}: no such checkpoint or run folder")
-    model = get_method(state["method"]).model_cls(state["config"]["model"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{path}: weights do not fit model {state['method']!r}: {str(exc).splitlines()[0]}"
-        ) from exc
-    return state, model.to(device).eval()
