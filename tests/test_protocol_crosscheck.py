@@ -171,6 +171,9 @@ def test_crosscheck_synthetic_small_top_k_and_empty_image(tmp_path):
         for name, shape in (("keypoints", (0, 2)), ("scores", (0,)), ("descriptors", (0, dim))):
             del group[name]
             group.create_dataset(name, data=np.zeros(shape, np.float32))
+        for name in ("scales", "orientations"):  # per-keypoint too: no keypoint, no value
+            if name in group:
+                del group[name]
     ours, ref = evaluate_both(data_dir, h5_path, top_k=12)
     assert_agree(ours, ref)
     empty_pair = next(p for p in ours.pairs if p.sequence == "i_astro" and p.pair == (1, 3))

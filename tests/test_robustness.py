@@ -74,7 +74,7 @@ def test_shipped_model_loads_offline_and_extracts(name: str) -> None:
     import json
 
     from keypointlab.data.samples import sample_photo
-    from keypointlab.features.learned import WEIGHTS_DIR
+    from keypointlab.models.loading import WEIGHTS_DIR
 
     if name not in shipped_models():
         pytest.skip("no weights shipped in keypointlab/weights")

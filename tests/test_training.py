@@ -151,10 +151,10 @@ def test_checkpoint_of_other_model_is_refused(images: Path, tmp_path: Path) -> N
         tmp_path,
         1,
     )
-    from keypointlab.features.learned import load_checkpoint_extractor
+    from keypointlab.features.learned import load_learned
 
     with pytest.raises(ValueError, match="do not fit"):
-        load_checkpoint_extractor(tmp_path)
+        load_learned(tmp_path)
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:

@@ -20,7 +20,7 @@ from keypointlab.models.base import BaseModel
 
 
 class _ExportWrapper(nn.Module):
-    def __init__(self, net: BaseModel, optional: tuple[str, ...]) -> None:
+    def __init__(self, net: BaseModel, optional: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.net = net
         self.optional = optional

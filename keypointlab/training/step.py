@@ -23,8 +23,9 @@ PAIR_KEYS = ("image0", "image1")
 
 
 def batch_ground_truth(batch: dict[str, torch.Tensor]) -> Any:
-    """The ground truth of a pair batch; ``None`` for a batch of single images."""
-    if not all(k in batch for k in PAIR_KEYS):
+    """The ground truth of a pair batch; ``None`` for a batch of single images or one
+    without ``H_0to1`` / ``T_0to1`` (the method then says what it needs)."""
+    if not all(k in batch for k in PAIR_KEYS) or not ({"H_0to1", "T_0to1"} & set(batch)):
         return None
     return ground_truth_from_batch(batch)
 

@@ -25,6 +25,18 @@ from keypointlab.data.pairs import IndexSampler
 from keypointlab.data.sources import build_dataset
 from keypointlab.io.checkpoint import load_latest, save_checkpoint
 from keypointlab.models.base import METHODS, build_model, get_method
+from keypointlab.training.optim import (
+    Stage,
+    build_stage_optimizer,
+    init_from_checkpoint,
+    lr_at,
+    optim_config,
+    resolve_stages,
+    set_lr,
+    stage_at,
+    stage_loss,
+    stage_optim,
+)
 from keypointlab.training.step import TrainStep
 
 logger = logging.getLogger(__name__)
@@ -71,7 +83,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "out": "runs/train",
         "device": "cpu",
         "grad_clip": 0.0,
+        # multi-stage training: a list of {name, steps, trainable, freeze, loss, optim}
+        # (keypointlab.training.optim.STAGE_DEFAULTS); [] is one stage of train.steps
+        "stages": [],
+        "init_from": "",  # checkpoint or run folder whose weights initialise the model
+        "init_prefixes": [],  # only the weights under these module names ([]: all)
     },
+    # optimiser, schedule, parameter groups, frozen parts (keypointlab.training.optim);
+    # train.lr, train.weight_decay and train.lr_decay_steps are its lr, weight_decay and
+    # lr_decay_steps unless this section sets them
+    "optim": {},
     "eval": {"data": "../shared/data/eval", "size": [240, 320], "top_k": 300},
 }
 
@@ -84,6 +105,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     method = get_method(conf["method"])
     conf["model"] = merge(method.default_conf, conf["model"], "model.")
     conf["loss"] = merge(method.loss_defaults, conf["loss"], "loss.")
+    t = conf["train"]
+    shorthand = {"lr": t["lr"], "weight_decay": t["weight_decay"]}
+    shorthand["lr_decay_steps"] = t["lr_decay_steps"]
+    conf["optim"] = optim_config({**shorthand, **conf["optim"]})
+    resolve_stages(t["stages"], t["steps"])  # fail now on a bad stage list
     return conf
 
 
@@ -165,18 +191,37 @@ class Trainer:
         torch.manual_seed(t["seed"])
         self.method_module = METHODS.module_of(conf["method"])
         model = build_model(conf["method"], conf["model"])
+        if t["init_from"]:
+            self._init_from(model, t["init_from"], t["init_prefixes"])
         self.step_module = TrainStep(model, conf["loss"]).to(self.device)
-        self.optimizer = torch.optim.Adam(
-            self.step_module.parameters(), lr=t["lr"], weight_decay=t["weight_decay"]
-        )
+        self.stages = resolve_stages(t["stages"], t["steps"])
         self.step = 0
         self.train_seconds = 0.0
+        self._writer = None
+        self._enter_stage(stage_at(self.stages, 0)[1])
         if resume:
             self._resume()
+
+    # -- stages -----------------------------------------------------------------
+    @staticmethod
+    def _init_from(model: torch.nn.Module, source: str, prefixes: list[str]) -> None:
+        from keypointlab.models.loading import load_run
+
+        weights = load_run(source).model.state_dict()
+        loaded = init_from_checkpoint(model, weights, prefixes or None)
+        logger.info("initialised %d tensors from %s", len(loaded), source)
+
+    def _enter_stage(self, stage: Stage) -> None:
+        """Optimiser, loss config and DDP wrapper of ``stage`` (its trainable parts only)."""
+        self.stage = stage
+        self.stage_optim = stage_optim(self.conf["optim"], stage)
+        self.optimizer = build_stage_optimizer(self.step_module.model, self.conf["optim"], stage)
+        self.step_module.loss_conf = stage_loss(self.conf["loss"], stage)
         self.ddp = self.step_module
         if self.world > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.step_module)
-        self._writer = None
+        if len(self.stages) > 1:
+            logger.info("stage %s from step %d to %d", stage.name, stage.start, stage.end)
 
     # -- build ------------------------------------------------------------------
     def _loader(self) -> DataLoader:
@@ -206,6 +251,7 @@ class Trainer:
             "config": json.loads(json.dumps(self.conf)),
             "model": self.step_module.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "stage": self.stage.index,
             "step": self.step,
             "train_seconds": self.train_seconds,
             "torch_rng": torch.get_rng_state(),
@@ -224,8 +270,11 @@ class Trainer:
             return
         path, state = found
         self.step_module.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+        stage = stage_at(self.stages, min(self.step, self.stages[-1].end - 1))[1]
+        if int(state.get("stage", 0)) == stage.index:  # else: a new stage starts here
+            self._enter_stage(stage)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.train_seconds = float(state["train_seconds"])
         torch.set_rng_state(state["torch_rng"])
         logger.info("resumed from %s at step %d", path, self.step)
@@ -266,11 +315,11 @@ class Trainer:
         return {k: float(v.detach()) for k, v in {**losses, **metrics}.items()}
 
     def _adjust_lr(self) -> None:
-        t = self.conf["train"]
-        if t["lr_decay_steps"] > 0:
-            lr = t["lr"] * 0.5 ** (self.step // t["lr_decay_steps"])
-            for g in self.optimizer.param_groups:
-                g["lr"] = lr
+        """Enter the stage of the coming step if it is a new one, and set its lr."""
+        if not self.stage.contains(self.step):
+            self._enter_stage(stage_at(self.stages, self.step)[1])
+        st = self.stage
+        set_lr(self.optimizer, lr_at(self.step, self.stage_optim, st.start, st.end))
 
     def validate(self) -> dict[str, Any]:
         """Protocol metrics of the current model on ``eval.data`` (rank 0 only)."""
