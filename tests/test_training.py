@@ -238,3 +238,34 @@ def test_ship_records_default_scales_and_measures_both(images: Path, tmp_path: P
     text = card.read_text()
     assert "| tiny@1.5,1 | 240x320 |" in text and "| tiny | 240x320 |" in text
     assert "| sift | 240x320 |" in text and "image scales 1.5, 1" in text
+
+
+def test_validation_uses_held_out_training_images_only(tmp_path: Path) -> None:
+    """Validation pairs come from the held-out part of data.train, which training never
+    loads; the best checkpoint by validation is kept as best.pt."""
+    from keypointlab.data.holdout import holdout_paths
+    from keypointlab.data.pairs import load_image_cache
+    from keypointlab.data.sequences import load_dataset
+
+    torch.set_num_threads(1)
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for i, name in enumerate(("astronaut", "coffee", "rocket", "chelsea", "camera", "moon")):
+        rgb = sample_photo(name, (96, 128))
+        cv2.imwrite(str(folder / f"{i}_{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    train, held = holdout_paths(folder, 0.5)
+    assert train and held and len(train) + len(held) == 6
+    assert len(load_image_cache(folder, 128, progress=False, holdout=0.5)) == len(train)
+    out = tmp_path / "run"
+    overrides = tiny(folder, out, "train.steps=2", "train.validate_every=1", "data.holdout=0.5")
+    overrides = [o for o in overrides if o != "eval.data=none"]
+    overrides += ["eval.size=[64, 96]", "eval.top_k=50"]
+    Trainer(load_config(CONFIG, overrides), progress=False).fit()
+    sequences, _ = load_dataset(out / "validation")
+    assert len(sequences) == len(held)
+    held_names = {p.stem for p in held}
+    assert all(any(n in s.name for n in held_names) for s in sequences)
+    records = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert (out / "best.pt").is_file()
+    assert any(r.get("best") for r in records)

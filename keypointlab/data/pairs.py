@@ -40,15 +40,26 @@ def homography_config(conf: dict[str, Any] | HomographyConfig | None) -> Homogra
     return HomographyConfig(**conf)
 
 
-def load_image_cache(root: str | Path, max_side: int, progress: bool = True) -> list[np.ndarray]:
-    """Read every image below ``root``, downscaled so its longer side is ``<= max_side``.
+def load_image_cache(
+    root: str | Path,
+    max_side: int,
+    progress: bool = True,
+    holdout: float = 0.0,
+    holdout_seed: int = 0,
+) -> list[np.ndarray]:
+    """Read every image below ``root`` but the held-out ones, downscaled so its longer side
+    is ``<= max_side``.
 
-    Unreadable files are reported and skipped.
+    ``holdout`` is the fraction of images kept out for validation (a fixed split by path,
+    :func:`keypointlab.data.holdout.split_holdout`). Unreadable files are reported and
+    skipped.
 
     Raises:
         FileNotFoundError: ``root`` is missing or holds no readable image.
     """
-    paths = list_images(root)
+    from keypointlab.data.holdout import holdout_paths
+
+    paths = holdout_paths(root, holdout, holdout_seed)[0] if holdout else list_images(root)
     images = []
     for _path, image, _ in tqdm(
         read_images(paths),

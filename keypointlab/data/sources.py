@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from keypointlab.data.augment import Photometric
+from keypointlab.data.holdout import holdout_paths
 from keypointlab.data.images import list_images, read_images
 from keypointlab.data.pairs import (
     HomographicPairs,
@@ -91,7 +92,13 @@ def build_dataset(data_conf: dict[str, Any], seed: int, progress: bool = True) -
     source = get_source(data_conf.get("source", "pairs"))
     images = None
     if source.needs_images:
-        images = load_image_cache(data_conf["train"], data_conf["max_side"], progress=progress)
+        images = load_image_cache(
+            data_conf["train"],
+            data_conf["max_side"],
+            progress=progress,
+            holdout=data_conf.get("holdout", 0.0),
+            holdout_seed=data_conf.get("holdout_seed", 0),
+        )
     return source.build(data_conf, images, seed)
 
 
@@ -199,13 +206,19 @@ def _views(conf: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_labelled_images(
-    root: str | Path, labels: str | Path, max_side: int, progress: bool = True
+    root: str | Path,
+    labels: str | Path,
+    max_side: int,
+    progress: bool = True,
+    holdout: float = 0.0,
+    holdout_seed: int = 0,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """The images below ``root`` that have keypoints in the ``labels`` HDF5 file.
 
     Images are downscaled like :func:`~keypointlab.data.pairs.load_image_cache` (longer
     side ``<= max_side``) and their keypoints, stored in the original image's pixels, are
-    mapped alike. Unreadable and unlabelled images are reported and skipped.
+    mapped alike. Unreadable and unlabelled images are reported and skipped, and so are the
+    held-out ones (``holdout``, see :func:`keypointlab.data.pairs.load_image_cache`).
 
     Returns:
         ``(images, keypoints, keys)``: RGB uint8 images, ``(N, 2)`` float64 xy keypoints in
@@ -220,7 +233,7 @@ def load_labelled_images(
         raise FileNotFoundError(
             f"{labels}: no such labels file (data.labels; write it with `keypointlab adapt`)"
         )
-    paths = list_images(root)
+    paths = holdout_paths(root, holdout, holdout_seed)[0] if holdout else list_images(root)
     images, keypoints, keys, unlabelled = [], [], [], 0
     with h5py.File(labels, "r") as h5:
         for path, image, _ in tqdm(
@@ -321,7 +334,10 @@ def _build_adapted_pairs(conf: dict[str, Any], images: Any, seed: int) -> Datase
             "data.source 'adapted_pairs' needs data.labels: the HDF5 file written by "
             "`keypointlab adapt CHECKPOINT IMAGES_DIR --out labels.h5`"
         )
-    images, keypoints, _ = load_labelled_images(conf["train"], conf["labels"], conf["max_side"])
+    images, keypoints, _ = load_labelled_images(
+        conf["train"], conf["labels"], conf["max_side"], holdout=conf.get("holdout", 0.0),
+        holdout_seed=conf.get("holdout_seed", 0),
+    )  # fmt: skip
     return AdaptedPairs(
         images,
         keypoints,

@@ -37,17 +37,22 @@ def checkpoints(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def save_checkpoint(state: dict[str, Any], folder: str | Path, step: int, keep: int = 3) -> Path:
-    """Write ``ckpt_<step>.pt`` atomically and delete all but the newest ``keep``."""
+def save_checkpoint(
+    state: dict[str, Any], folder: str | Path, step: int, keep: int = 3, name: str | None = None
+) -> Path:
+    """Write ``ckpt_<step>.pt`` (or ``name``) atomically and delete all but the newest
+    ``keep`` numbered checkpoints (none when ``name`` is given)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"ckpt_{step:08d}.pt"
+    path = folder / (name or f"ckpt_{step:08d}.pt")
     tmp = folder / f".{path.name}.tmp"
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    if name:
+        return path
     for old in checkpoints(folder)[max(keep, 1) :]:
         old.unlink(missing_ok=True)
     return path

@@ -66,6 +66,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
             "prob": 0.5,
         },
         "workers": 1,
+        # fraction of data.train kept out of training for validation (a fixed split by
+        # path, keypointlab.data.holdout); the validation pairs are made from it
+        "holdout": 0.1,
+        "holdout_seed": 0,
     },
     "train": {
         "seed": 0,
@@ -93,7 +97,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # train.lr, train.weight_decay and train.lr_decay_steps are its lr, weight_decay and
     # lr_decay_steps unless this section sets them
     "optim": {},
-    "eval": {"data": "../shared/data/eval", "size": [240, 320], "top_k": 300},
+    # periodic validation (train.validate_every): "holdout" evaluates on pairs made from the
+    # held-out training images, never on the evaluation sequences; a folder of sequences
+    # may be named instead; the best checkpoint by `select` is kept as best.pt
+    "eval": {
+        "data": "holdout",
+        "size": [240, 320],
+        "top_k": 300,
+        "pairs": 60,
+        "select": "matching_score",
+    },
 }
 
 
@@ -198,6 +211,7 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0
         self._writer = None
+        self._best: float | None = None
         self._enter_stage(stage_at(self.stages, 0)[1])
         if resume:
             self._resume()
@@ -322,13 +336,14 @@ class Trainer:
         set_lr(self.optimizer, lr_at(self.step, self.stage_optim, st.start, st.end))
 
     def validate(self) -> dict[str, Any]:
-        """Protocol metrics of the current model on ``eval.data`` (rank 0 only)."""
+        """Protocol metrics of the current model on the validation pairs (rank 0 only);
+        keeps the best checkpoint by ``eval.select`` as ``best.pt``."""
         from keypointlab.data.sequences import load_dataset
         from keypointlab.evaluation.benchmark import evaluate_features
         from keypointlab.features.learned import LearnedExtractor
 
         e = self.conf["eval"]
-        sequences, _ = load_dataset(e["data"])
+        sequences, _ = load_dataset(self._validation_data())
         model = self.step_module.model
         extractor = LearnedExtractor(model, self.conf["method"], device=self.device)
         result = evaluate_features(
@@ -341,8 +356,35 @@ class Trainer:
             "train_minutes": self.train_seconds / 60,
             **{k: v for k, v in s.items() if k != "mma"},
         }
+        value = record.get(e["select"])
+        if value is not None and (self._best is None or value > self._best):
+            self._best = value
+            record["best"] = True
+            save_checkpoint(self._state(), self.out, self.step, keep=0, name="best.pt")
         self._log("validation.jsonl", record)
         return record
+
+    def _validation_data(self) -> Path:
+        """The folder of validation sequences: ``eval.data``, or for ``holdout`` pairs
+        made (once) from the held-out training images under ``<train.out>/validation``."""
+        from keypointlab.data.holdout import build_validation_benchmark, holdout_paths
+
+        e, d = self.conf["eval"], self.conf["data"]
+        if e["data"] != "holdout":
+            return Path(e["data"])
+        if not d["holdout"]:
+            raise ValueError("eval.data 'holdout' needs data.holdout > 0 (a held-out fraction)")
+        held_out = holdout_paths(d["train"], d["holdout"], d["holdout_seed"])[1]
+        if not held_out:
+            raise ValueError(f"{d['train']}: data.holdout={d['holdout']} holds out no image")
+        return build_validation_benchmark(
+            held_out,
+            Path(d["train"]),
+            self.out / "validation",
+            size=tuple(e["size"]),
+            seed=d["holdout_seed"],
+            max_images=e["pairs"],
+        )
 
     def _time_is_up(self) -> bool:
         """``train.max_minutes`` reached (decided by rank 0 for every rank)."""
