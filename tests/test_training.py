@@ -269,3 +269,37 @@ def test_validation_uses_held_out_training_images_only(tmp_path: Path) -> None:
     assert [r["step"] for r in records] == [1, 2]
     assert (out / "best.pt").is_file()
     assert any(r.get("best") for r in records)
+
+
+def test_stages_freeze_parts_and_resume_exactly_inside_a_stage(images: Path, tmp_path: Path):
+    """Stage 1 trains all but the score head, stage 2 everything; a run stopped in stage 1
+    and resumed logs the same losses as an uninterrupted one."""
+    torch.set_num_threads(1)
+    head = "keypoint_net.score_head"
+    stages = f"train.stages=[{{name: points, steps: 3, freeze: [{head}]}}, {{steps: 3}}]"
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ["train.steps=6", "train.checkpoint_every=3", stages]
+    fresh = Trainer(load_config(CONFIG, tiny(images, full, *common)), progress=False)
+    model = fresh.step_module.model
+    init = {k: v.clone() for k, v in model.keypoint_net.score_head.state_dict().items()}
+    fresh.fit()
+    at3 = load_checkpoint(full / "ckpt_00000003.pt")["model"]
+    at6 = load_checkpoint(full / "ckpt_00000006.pt")["model"]
+    weights = [k for k in init if k.endswith("weight")]
+    assert all(torch.equal(at3[f"{head}.{k}"], init[k]) for k in weights)
+    assert any(not torch.equal(at6[f"{head}.{k}"], init[k]) for k in weights)
+    assert not torch.equal(at3["keypoint_net.desc_d.weight"], at6["keypoint_net.desc_d.weight"])
+
+    trainer = Trainer(load_config(CONFIG, tiny(images, part, *common)), progress=False)
+    trainer.conf["train"]["max_minutes"] = 1e-9  # stop right after the first step
+    trainer.fit()
+    assert trainer.step == 1
+    resumed = Trainer(load_config(CONFIG, tiny(images, part, *common)), resume=True, progress=False)
+    assert resumed.step == 1 and resumed.stage.name == "points"
+    resumed.fit()
+    assert read_log(part) == read_log(full)
+
+
+def test_bad_stage_lists_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"train.stages\[0\]"):
+        load_config(CONFIG, ["train.stages=[{steps: 2, traniable: [io_net]}]"])
