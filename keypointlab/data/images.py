@@ -131,3 +131,42 @@ def read_images(paths: Iterable[Path]) -> Iterable[tuple[Path, np.ndarray | None
         except ImageReadError as exc:
             logger.warning("skipping %s", exc)
             yield path, None, str(exc)
+
+
+def read_depth(path: str | Path, scale: float = 1000.0) -> np.ndarray:
+    """Read a 16-bit single-channel depth PNG as float32 ``(H, W)`` metres.
+
+    Args:
+        path: the depth image (e.g. 7-Scenes' ``frame-*.depth.png``, Redwood's ``depth/*.png``).
+        scale: stored units per metre (1000 for millimetres). Values are ``raw / scale``;
+            0 stays 0, which means missing depth.
+
+    Raises:
+        ImageReadError: the file is missing, empty, truncated or undecodable, or not a
+            16-bit single-channel image; the message names the file.
+        ValueError: ``scale`` is not a positive finite number.
+    """
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"depth scale must be positive and finite, got {scale}")
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read depth file ({exc.strerror or exc})") from exc
+    if not data:
+        raise ImageReadError(f"{path}: depth file is empty")
+    # = cv2.imread(path, cv2.IMREAD_UNCHANGED), from the bytes so truncation is detected
+    depth = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if depth is None:
+        raise ImageReadError(f"{path}: not a readable image")
+    if _looks_truncated(data):
+        raise ImageReadError(f"{path}: depth file is truncated")
+    if depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[..., 0]
+    if depth.dtype != np.uint16 or depth.ndim != 2:
+        channels = 1 if depth.ndim == 2 else depth.shape[2]
+        raise ImageReadError(
+            f"{path}: a depth map must be a 16-bit single-channel image, got {depth.dtype} "
+            f"with {channels} channel(s)"
+        )
+    return depth.astype(np.float32) / np.float32(scale)

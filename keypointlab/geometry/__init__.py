@@ -1,6 +1,15 @@
 """Geometry: the one home of homography sampling, warping, resizing, rotating and corner
 error."""
 
+from keypointlab.geometry.groundtruth import (
+    DepthGroundTruth,
+    GroundTruth,
+    HomographyGroundTruth,
+    as_ground_truth,
+    ground_truth_from_batch,
+    relative_pose,
+    sample_depth,
+)
 from keypointlab.geometry.homography import (
     HomographyConfig,
     InvalidHomographyError,
@@ -33,4 +42,11 @@ __all__ = [
     "warp_image",
     "warp_image_torch",
     "warp_points",
+    "DepthGroundTruth",
+    "GroundTruth",
+    "HomographyGroundTruth",
+    "as_ground_truth",
+    "ground_truth_from_batch",
+    "relative_pose",
+    "sample_depth",
 ]
