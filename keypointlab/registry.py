@@ -49,8 +49,9 @@ class Registry(Generic[T]):
         self._modules: dict[str, str] = {}
         self._scanned = False
 
-    def register(self, name: str, obj: T | None = None) -> Any:
+    def register(self, name: str, obj: T | None = None, module: str | None = None) -> Any:
         """Register ``obj`` under ``name``; without ``obj``, a decorator that does.
+        ``module`` is where it is defined (default: ``obj.__module__``).
 
         Registering the same object again (a module imported twice) is harmless; another
         object under a taken name raises :class:`RegistryError`.
@@ -66,7 +67,7 @@ class Registry(Generic[T]):
         if old is not None and old is not obj and old != obj and _qualname(old) != _qualname(obj):
             raise RegistryError(f"{self.kind} {name!r} is already registered ({_qualname(old)})")
         self._entries[name] = obj
-        self._modules[name] = getattr(obj, "__module__", "") or ""
+        self._modules[name] = module or getattr(obj, "__module__", "") or ""
         return obj
 
     def get(self, name: str, module: str | None = None) -> T:

@@ -159,3 +159,14 @@ def test_contract(method: str, tmp_path) -> None:
     np.testing.assert_allclose(kp, det["keypoints"].numpy(), atol=1e-3)
     np.testing.assert_allclose(scores, det["scores"].numpy(), atol=1e-4)
     np.testing.assert_allclose(desc, ref.numpy(), atol=1e-3)
+
+
+def test_one_registry_mechanism_finds_sources_and_benchmarks():
+    from keypointlab.data.sources import SOURCES
+    from keypointlab.evaluation.benchmark import BENCHMARKS, evaluate_features
+
+    assert {"pairs", "synthetic", "adapted_pairs", "depth_pairs"} <= set(SOURCES.names())
+    assert SOURCES.module_of("depth_pairs") == "keypointlab.data.depth"
+    assert BENCHMARKS.get("homography") is evaluate_features
+    with pytest.raises(KeyError, match="pairs"):
+        SOURCES.get("no_such_source")

@@ -78,7 +78,7 @@ SOURCES: Registry[Source] = Registry("data source", "keypointlab.data")
 
 def register_source(name: str, build: Builder, needs_images: bool) -> None:
     """Add a data source (``data.source: name``), where the dataset is defined."""
-    SOURCES.register(name, Source(build, needs_images))
+    SOURCES.register(name, Source(build, needs_images), module=build.__module__)
 
 
 def get_source(name: str) -> Source:

@@ -17,8 +17,13 @@ from keypointlab.features.base import Extractor, Features
 from keypointlab.features.h5 import FeatureFileError, FeatureFileExtractor
 from keypointlab.geometry import resize_scale, scale_homography
 from keypointlab.matching import match_nn
+from keypointlab.registry import Registry
 
 logger = logging.getLogger(__name__)
+
+#: benchmarks by task, each ``(extractor, data, ...) -> result`` registered where it is
+#: defined: ``homography`` here; the pose, 3D and retrieval benchmarks join the same way
+BENCHMARKS: Registry[Any] = Registry("benchmark", "keypointlab.evaluation")
 
 SPLITS = ("illumination", "viewpoint", "other")
 EPSILONS = (1, 3, 5)
@@ -175,6 +180,7 @@ def _time_matching(f1: Features, f2: Features, top_k: int) -> float:
     return time.perf_counter() - start
 
 
+@BENCHMARKS.register("homography")
 def evaluate_features(
     extractor: Extractor,
     sequences: list[Sequence],
