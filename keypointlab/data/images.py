@@ -64,6 +64,28 @@ def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
+def _decode_file(path: Path, what: str, truncated: str) -> np.ndarray:
+    """The decoded pixels of ``path`` as stored (``cv2.IMREAD_UNCHANGED``), decoded from
+    its bytes so that a truncated file is detected; ``what`` and ``truncated`` name the
+    file in the messages.
+
+    Raises:
+        ImageReadError: the file is missing, empty, truncated or cannot be decoded.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
+    if not data:
+        raise ImageReadError(f"{path}: {what} is empty")
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        raise ImageReadError(f"{path}: not a readable image")
+    if _looks_truncated(data):
+        raise ImageReadError(f"{path}: {truncated} is truncated")
+    return decoded
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as RGB ``uint8`` ``(H, W, 3)``.
 
@@ -73,17 +95,7 @@ def read_image(path: str | Path) -> np.ndarray:
         ImageReadError: the file is missing, empty, truncated or cannot be decoded.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
-    if not data:
-        raise ImageReadError(f"{path}: file is empty")
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if decoded is None:
-        raise ImageReadError(f"{path}: not a readable image")
-    if _looks_truncated(data):
-        raise ImageReadError(f"{path}: image file is truncated")
+    decoded = _decode_file(path, "file", "image file")
     if decoded.ndim == 3 and decoded.shape[2] >= 3:
         code = cv2.COLOR_BGRA2RGBA if decoded.shape[2] == 4 else cv2.COLOR_BGR2RGB
         decoded = cv2.cvtColor(decoded, code)
@@ -149,18 +161,7 @@ def read_depth(path: str | Path, scale: float = 1000.0) -> np.ndarray:
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"depth scale must be positive and finite, got {scale}")
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot read depth file ({exc.strerror or exc})") from exc
-    if not data:
-        raise ImageReadError(f"{path}: depth file is empty")
-    # = cv2.imread(path, cv2.IMREAD_UNCHANGED), from the bytes so truncation is detected
-    depth = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if depth is None:
-        raise ImageReadError(f"{path}: not a readable image")
-    if _looks_truncated(data):
-        raise ImageReadError(f"{path}: depth file is truncated")
+    depth = _decode_file(path, "depth file", "depth file")
     if depth.ndim == 3 and depth.shape[2] == 1:
         depth = depth[..., 0]
     if depth.dtype != np.uint16 or depth.ndim != 2:

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from keypointlab.data.augment import Photometric
+from keypointlab.data.holdout import holdout_paths
 from keypointlab.data.images import list_images, read_images
 from keypointlab.geometry import HomographyConfig, sample_homography, warp_image, warp_points
 from keypointlab.geometry.homography import resize_matrix
@@ -57,8 +58,6 @@ def load_image_cache(
     Raises:
         FileNotFoundError: ``root`` is missing or holds no readable image.
     """
-    from keypointlab.data.holdout import holdout_paths
-
     paths = holdout_paths(root, holdout, holdout_seed)[0] if holdout else list_images(root)
     images = []
     for _path, image, _ in tqdm(

@@ -335,9 +335,12 @@ def _build_adapted_pairs(conf: dict[str, Any], images: Any, seed: int) -> Datase
             "`keypointlab adapt CHECKPOINT IMAGES_DIR --out labels.h5`"
         )
     images, keypoints, _ = load_labelled_images(
-        conf["train"], conf["labels"], conf["max_side"], holdout=conf.get("holdout", 0.0),
+        conf["train"],
+        conf["labels"],
+        conf["max_side"],
+        holdout=conf.get("holdout", 0.0),
         holdout_seed=conf.get("holdout_seed", 0),
-    )  # fmt: skip
+    )
     return AdaptedPairs(
         images,
         keypoints,

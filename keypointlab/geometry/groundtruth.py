@@ -291,3 +291,12 @@ def as_ground_truth(gt: GroundTruth | torch.Tensor) -> GroundTruth:
     if isinstance(gt, torch.Tensor):
         return HomographyGroundTruth(gt)
     raise TypeError(f"expected a GroundTruth or an H_0to1 tensor, got {type(gt).__name__}")
+
+
+FAR = -1e4  # px: where points without a known correspondence are put by :func:`finite_points`
+
+
+def finite_points(points: torch.Tensor) -> torch.Tensor:
+    """Warped points with unknown ones (NaN, inf) moved far outside every image, so that
+    distances computed from them stay finite; known points are unchanged, bit for bit."""
+    return torch.nan_to_num(points, nan=FAR, posinf=FAR, neginf=FAR)

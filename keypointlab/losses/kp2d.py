@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from keypointlab.geometry.groundtruth import GroundTruth, as_ground_truth
+from keypointlab.geometry.groundtruth import GroundTruth, as_ground_truth, finite_points
 from keypointlab.geometry.keypoints import (
     border_mask,
     nearest_points,
@@ -175,20 +175,11 @@ def io_loss(
     )
     pred = io_net(pairs.transpose(1, 2))
     warped, known = warp_src_to_tgt(p_src)
-    err = (_finite(warped) - p_match).norm(dim=-1)
+    err = (finite_points(warped) - p_match).norm(dim=-1)
     inlier = (err.detach() < max_distance) & known
     gt = inlier.float() * 2 - 1
     loss = F.mse_loss(pred, gt) if inlier.sum() > 10 else pred.sum() * 0
     return loss, inlier.float().mean()
-
-
-def _finite(xy: torch.Tensor) -> torch.Tensor:
-    """Warped points with unknown ones (NaN, inf) moved far outside every image, so that
-    distances stay finite; known points are unchanged (bit for bit)."""
-    return torch.nan_to_num(xy, nan=FAR, posinf=FAR, neginf=FAR)
-
-
-FAR = -1e4  # px: where points without ground truth are put
 
 
 def kp2d_loss(
@@ -219,7 +210,7 @@ def kp2d_loss(
     kp_src, kp_tgt = flatten_points(src["keypoints"]), flatten_points(tgt["keypoints"])
     s_src, s_tgt = src["scores"].flatten(1), tgt["scores"].flatten(1)
     kp_src_w, known = gt.warp_1to0(kp_src)
-    kp_src_w = _finite(kp_src_w)
+    kp_src_w = finite_points(kp_src_w)
     dist, idx = nearest_points(kp_src_w, kp_tgt)
     hc, wc = src["scores"].shape[-2:]
     cells = torch.zeros(hc, wc, dtype=torch.bool, device=dist.device)

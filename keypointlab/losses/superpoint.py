@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from keypointlab.geometry.groundtruth import GroundTruth, as_ground_truth
+from keypointlab.geometry.groundtruth import GroundTruth, as_ground_truth, finite_points
 from keypointlab.geometry.keypoints import cell_centers
 from keypointlab.losses import loss_conf
 
@@ -184,7 +184,7 @@ def descriptor_loss(
     d1 = F.normalize(desc1.flatten(2), dim=1).transpose(1, 2)  # (B, M, D)
     centers = cell_centers(hc, wc, cell, desc0.device, desc0.dtype).flatten(1).T  # (N, 2)
     warped, known = as_ground_truth(gt).warp_0to1(centers.expand(b, -1, -1))
-    warped = torch.nan_to_num(warped, nan=-1e4, posinf=-1e4, neginf=-1e4)
+    warped = finite_points(warped)
     dist = torch.cdist(
         warped, centers.expand(b, -1, -1), compute_mode="donot_use_mm_for_euclid_dist"
     )

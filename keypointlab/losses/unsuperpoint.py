@@ -48,7 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from keypointlab.geometry.groundtruth import GroundTruth, as_ground_truth
+from keypointlab.geometry.groundtruth import GroundTruth, as_ground_truth, finite_points
 from keypointlab.geometry.keypoints import border_mask, nearest_points, sample_descriptors
 from keypointlab.losses import loss_conf
 from keypointlab.losses.kp2d import infonce_descriptor_loss
@@ -220,7 +220,7 @@ def unsuperpoint_loss(
     kp0, kp1 = flatten_map(pred0["keypoints"]), flatten_map(pred1["keypoints"])
     s0, s1 = pred0["scores"].flatten(1), pred1["scores"].flatten(1)
     kp0_w, known = as_ground_truth(gt).warp_0to1(kp0)
-    kp0_w = torch.nan_to_num(kp0_w, nan=-1e4, posinf=-1e4, neginf=-1e4)
+    kp0_w = finite_points(kp0_w)
     inside = border_mask(kp0_w, image_size, 0) & known
     dist, idx, valid = associate(kp0_w, kp1, inside, c["correspondence_threshold"])
     s1_paired = s1.gather(1, idx)

@@ -176,7 +176,8 @@ def run_info(step: int, world: int) -> dict[str, Any]:
         rev, dirty = None, None
     return {
         "start_step": step,
-        "argv": sys.argv,
+        # the program by name only: no path of the machine that trained
+        "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
         "git_revision": rev,
         "git_dirty": dirty,
         "torch": torch.__version__,
@@ -212,6 +213,7 @@ class Trainer:
         self.train_seconds = 0.0
         self._writer = None
         self._best: float | None = None
+        self._validation_dir: Path | None = None  # the held-out pairs, once written
         self._enter_stage(stage_at(self.stages, 0)[1])
         if resume:
             self._resume()
@@ -372,12 +374,14 @@ class Trainer:
         e, d = self.conf["eval"], self.conf["data"]
         if e["data"] != "holdout":
             return Path(e["data"])
+        if self._validation_dir is not None:
+            return self._validation_dir
         if not d["holdout"]:
             raise ValueError("eval.data 'holdout' needs data.holdout > 0 (a held-out fraction)")
         held_out = holdout_paths(d["train"], d["holdout"], d["holdout_seed"])[1]
         if not held_out:
             raise ValueError(f"{d['train']}: data.holdout={d['holdout']} holds out no image")
-        return build_validation_benchmark(
+        self._validation_dir = build_validation_benchmark(
             held_out,
             Path(d["train"]),
             self.out / "validation",
@@ -385,6 +389,7 @@ class Trainer:
             seed=d["holdout_seed"],
             max_images=e["pairs"],
         )
+        return self._validation_dir
 
     def _time_is_up(self) -> bool:
         """``train.max_minutes`` reached (decided by rank 0 for every rank)."""
