@@ -269,6 +269,9 @@ def test_validation_uses_held_out_training_images_only(tmp_path: Path) -> None:
     assert [r["step"] for r in records] == [1, 2]
     assert (out / "best.pt").is_file()
     assert any(r.get("best") for r in records)
+    # a resumed run remembers the best value, so a worse validation cannot replace best.pt
+    resumed = Trainer(load_config(CONFIG, overrides), resume=True, progress=False)
+    assert resumed._best == max(r["matching_score"] for r in records)
 
 
 def test_stages_freeze_parts_and_resume_exactly_inside_a_stage(images: Path, tmp_path: Path):

@@ -99,7 +99,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "optim": {},
     # periodic validation (train.validate_every): "holdout" evaluates on pairs made from the
     # held-out training images, never on the evaluation sequences; a folder of sequences
-    # may be named instead; the best checkpoint by `select` is kept as best.pt
+    # may be named instead; the best checkpoint by `select` (higher is better) is best.pt
     "eval": {
         "data": "holdout",
         "size": [240, 320],
@@ -268,6 +268,7 @@ class Trainer:
             "model": self.step_module.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "stage": self.stage.index,
+            "best_validation": self._best,
             "step": self.step,
             "train_seconds": self.train_seconds,
             "torch_rng": torch.get_rng_state(),
@@ -292,6 +293,7 @@ class Trainer:
             self._enter_stage(stage)
             self.optimizer.load_state_dict(state["optimizer"])
         self.train_seconds = float(state["train_seconds"])
+        self._best = state.get("best_validation")  # best.pt is only replaced by a better one
         torch.set_rng_state(state["torch_rng"])
         logger.info("resumed from %s at step %d", path, self.step)
 
