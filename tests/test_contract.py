@@ -56,7 +56,8 @@ def test_every_method_is_found_by_name():
     assert {"kp2d", "unsuperpoint", "magicpoint", "superpoint"} <= set(names)
     for name in names:
         cls = get_method(name)
-        assert cls.method_name == name
+        if ":" not in name:  # an import path names a class registered under its own name
+            assert cls.method_name == name
         assert importlib.import_module(METHODS.module_of(name)) is not None
 
 
