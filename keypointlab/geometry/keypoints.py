@@ -29,6 +29,39 @@ def cell_centers(
     return torch.stack([gx, gy], dim=0)
 
 
+def cells_to_pixels(f: torch.Tensor, cell: int) -> torch.Tensor:
+    """Map (cell) xy ``(..., 2)`` to image pixel xy: cell ``j`` is centred on pixel
+    ``j * cell + (cell - 1) / 2`` (as :func:`cell_centers`), fractional cells in between."""
+    return f * cell + (cell - 1) / 2
+
+
+def pixels_to_cells(xy: torch.Tensor, cell: int) -> torch.Tensor:
+    """Inverse of :func:`cells_to_pixels`."""
+    return (xy - (cell - 1) / 2) / cell
+
+
+def cell_grid(
+    h: int, w: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Map xy of every cell of an ``h x w`` map, ``(h * w, 2)`` in raster order."""
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=device, dtype=dtype),
+        torch.arange(w, device=device, dtype=dtype),
+        indexing="ij",
+    )
+    return torch.stack([xs.flatten(), ys.flatten()], dim=1)
+
+
+def sample_map(fmap: torch.Tensor, f: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``fmap`` ``(B, C, h, w)`` at map xy ``f`` ``(B, N, 2)`` (cell units, ``0..w - 1``)
+    -> ``(B, N, C)``; border values outside the map."""
+    h, w = fmap.shape[-2:]
+    scale = f.new_tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
+    grid = (f * scale - 1.0).unsqueeze(1).to(fmap.dtype)
+    out = F.grid_sample(fmap, grid, mode=mode, padding_mode="border", align_corners=True)
+    return out[:, :, 0].transpose(1, 2)
+
+
 def normalize_coords(xy: torch.Tensor, size: tuple[int, int] | torch.Tensor) -> torch.Tensor:
     """Pixel xy ``(..., 2)`` to ``[-1, 1]`` for an image of ``size = (h, w)``.
 
