@@ -44,15 +44,17 @@ def correspondences(
     """Every view-0 cell's correspondence in view 1's feature map.
 
     Returns ``grid0`` ``(N, 2)`` view-0 cells (map xy, raster order), ``f1`` ``(B, N, 2)``
-    their warped positions in view 1's map (cell units) and ``valid`` ``(B, N)``: known and
-    inside view 1's map ``[0, w1 - 1] x [0, h1 - 1]``.
+    their warped positions in view 1's map (cell units, clamped to it) and ``valid``
+    ``(B, N)``: known and inside view 1's map ``[0, w1 - 1] x [0, h1 - 1]``.
     """
     grid0 = cell_grid(*shape0, device=device, dtype=dtype)
     px0 = cells_to_pixels(grid0, cell).expand(batch, -1, -1)
     px1, known = as_ground_truth(gt).warp_0to1(px0)
     f1 = pixels_to_cells(finite_points(px1), cell)
     h1, w1 = shape1
-    inside = (f1[..., 0] >= 0) & (f1[..., 0] <= w1 - 1) & (f1[..., 1] >= 0) & (f1[..., 1] <= h1 - 1)
+    x, y, eps = f1[..., 0], f1[..., 1], 1e-6  # round-off of a warp onto the map's edge
+    inside = (x >= -eps) & (x <= w1 - 1 + eps) & (y >= -eps) & (y <= h1 - 1 + eps)
+    f1 = torch.stack([x.clamp(0, w1 - 1), y.clamp(0, h1 - 1)], dim=-1)
     return grid0, f1, known & inside
 
 
