@@ -332,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("ship", help="package a training run as shipped weights + model card")
-    p.add_argument("run", type=Path, help="training output folder")
+    p.add_argument(
+        "run", type=Path, help="training output folder (its newest checkpoint) or a checkpoint"
+    )
     p.add_argument("--name", required=True, help="model name, e.g. kp2d")
     p.add_argument("--eval-data", type=Path, default=Path("../shared/data/eval"))
     p.add_argument("--note", default="", help="a paragraph for the model card")

@@ -232,3 +232,25 @@ def test_extract_property(name: str, dim: int, image: object) -> None:
     assert np.all((x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)), f.keypoints
     top = f.top_k(5)
     assert len(top) == min(5, n) and np.all(np.diff(top.scores) <= 0)
+
+
+def test_a_shipped_name_can_reuse_another_models_weights(tmp_path, monkeypatch) -> None:
+    """``<name>.json`` with ``weights: other`` runs ``other``'s tensors with its own model
+    options (``d2net_ms`` is ``d2net`` at the paper's pyramid); a name whose tensors are
+    missing is not listed."""
+    import json
+    import shutil
+
+    from keypointlab.models import loading
+
+    for ext in ("json", "safetensors"):
+        shutil.copy(loading.WEIGHTS_DIR / f"kp2d_fast.{ext}", tmp_path / f"kp2d_fast.{ext}")
+    meta = json.loads((tmp_path / "kp2d_fast.json").read_text())
+    (tmp_path / "alias.json").write_text(json.dumps({**meta, "weights": "kp2d_fast"}))
+    (tmp_path / "orphan.json").write_text(json.dumps({**meta, "weights": "missing"}))
+    (tmp_path / "broken.json").write_text("{not json")
+    monkeypatch.setattr(loading, "WEIGHTS_DIR", tmp_path)
+    assert loading.shipped_models() == ["alias", "kp2d_fast"]
+    a, b = loading.load_shipped("alias"), loading.load_shipped("kp2d_fast")
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert a.name == "alias" and all(torch.equal(sa[k], sb[k]) for k in sb)

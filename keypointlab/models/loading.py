@@ -1,8 +1,9 @@
 """The one loader of trained models: shipped weights by name, checkpoints by path.
 
 Shipped weights are ``keypointlab/weights/<name>.safetensors`` (tensors only) with
-``<name>.json`` (method, model config, default extraction options) and a model card
-``<name>.md``; checkpoints are the trainer's ``ckpt_<step>.pt`` files, read with
+``<name>.json`` (method, model config, default extraction options; ``weights``: another
+shipped model's tensors, for a second set of options) and a model card ``<name>.md``;
+checkpoints are the trainer's ``ckpt_<step>.pt`` files, read with
 ``torch.load(weights_only=True)``. Neither can run code when loaded.
 """
 
@@ -46,11 +47,18 @@ def shipped_models() -> list[str]:
     """Names of the trained models shipped inside the package."""
     if not WEIGHTS_DIR.is_dir():
         return []
-    return sorted(
-        p.stem
-        for p in WEIGHTS_DIR.glob("*.safetensors")
-        if (WEIGHTS_DIR / f"{p.stem}.json").is_file()
-    )
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.json") if _weights_file(p).is_file())
+
+
+def _weights_file(meta_path: Path) -> Path:
+    """The tensors of a shipped model: ``<name>.safetensors``, or those of the model its
+    ``.json`` names under ``weights`` (one set of weights run with other options, e.g.
+    ``d2net_ms``: ``d2net``'s weights at the paper's image pyramid)."""
+    try:
+        weights = json.loads(meta_path.read_text()).get("weights", meta_path.stem)
+    except (OSError, ValueError, AttributeError):
+        return meta_path.with_suffix(".missing")
+    return meta_path.with_name(f"{Path(str(weights)).name}.safetensors")
 
 
 def _fit(model: BaseModel, weights: dict[str, torch.Tensor], source: str, method: str) -> None:
@@ -75,7 +83,7 @@ def load_shipped(name: str, device: str | torch.device = "cpu") -> LoadedModel:
         raise FileNotFoundError(f"no shipped model {name!r}; shipped: {shipped_models()}")
     meta = json.loads(meta_path.read_text())
     model = build_model(meta["method"], meta["model"], meta.get("method_module"))
-    _fit(model, load_file(str(WEIGHTS_DIR / f"{name}.safetensors")), name, meta["method"])
+    _fit(model, load_file(str(_weights_file(meta_path))), name, meta["method"])
     options = {"scales": tuple(meta.get("scales", (1.0,)))}
     return LoadedModel(model.to(device).eval(), meta["method"], name, options)
 

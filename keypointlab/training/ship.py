@@ -30,6 +30,15 @@ def _provenance(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _selection(state: dict[str, Any]) -> str:
+    """How the checkpoint was chosen, when the run validated."""
+    best = state.get("best_validation")
+    if best is None:
+        return ""
+    select = state.get("config", {}).get("eval", {}).get("select", "validation")
+    return f"; the run's best on held-out validation pairs ({select} {best:.4f})"
+
+
 def ship_model(
     run: str | Path,
     name: str,
@@ -39,16 +48,18 @@ def ship_model(
     scales: tuple[float, ...] = (1.0,),
 ) -> Path:
     """Write ``<name>.safetensors``, ``<name>.json`` and ``<name>.md`` from ``run``'s last
-    checkpoint; returns the model card's path.
+    checkpoint, or from the checkpoint file ``run`` (e.g. the run's ``best.pt``, chosen on
+    validation); returns the model card's path.
 
     ``scales`` become the model's default extraction scales (see
     :class:`~keypointlab.features.learned.DenseExtractor`); the card then measures the model
     at those scales and at scale 1."""
     scales = tuple(float(s) for s in scales)
-    run, out = Path(run), Path(out_dir)
+    source, out = Path(run), Path(out_dir)
+    run = source.parent if source.is_file() else source
     if not run.is_dir():
-        raise FileNotFoundError(f"{run}: no such run folder to ship")
-    loaded = load_run(run)
+        raise FileNotFoundError(f"{source}: no such run folder or checkpoint to ship")
+    loaded = load_run(source)
     state, model, ckpt_path = loaded.state, loaded.model, loaded.path
     conf = state["config"]
     out.mkdir(parents=True, exist_ok=True)
@@ -83,7 +94,8 @@ def ship_model(
         "## Training",
         "",
         f"- checkpoint: `{ckpt_path.name}`, step {state['step']}, "
-        f"{state['train_seconds'] / 60:.1f} min of training on a 2-core CPU",
+        f"{state['train_seconds'] / 60:.1f} min of training on a 2-core CPU"
+        + _selection(state),
         f"- data: `{conf['data']['train']}` (unlabelled photographs), crops "
         f"{conf['data']['size']}, seed {conf['train']['seed']}",
         "- command and revision per (re)start:",

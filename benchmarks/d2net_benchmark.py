@@ -1,0 +1,185 @@
+"""D2-Net beside SIFT, ORB and KP2D: the protocol's table, MMA at 1..10 px by condition, and
+extraction time at 480x640 as a ratio to SIFT, all measured in one run.
+
+The paper's claims are about conditions, so besides the protocol's splits (HPatches ``i_``
+illumination, ``v_`` viewpoint) the pairs are grouped by what changes in them: HPatches
+sequences by their prefix, the Oxford affine sequences by their documented change (leuven:
+light; graf, wall: viewpoint; boat, bark: zoom + rotation; bikes, trees: blur; ubc: JPEG),
+anything else as "other". Timing runs every extractor on the first image of each sequence
+resized to 480x640, ``--repeats`` times after one warm-up, and reports the median.
+
+    python benchmarks/d2net_benchmark.py --data ../shared/data/eval \\
+        --features d2net d2net_ms sift orb kp2d --out benchmarks/results/d2net
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from matplotlib.figure import Figure
+
+from keypointlab.data.images import read_image
+from keypointlab.data.sequences import load_dataset
+from keypointlab.evaluation.benchmark import BenchmarkResult, evaluate_features
+from keypointlab.evaluation.report import markdown_table, sequence_table, write_atomic
+from keypointlab.features import get_extractor
+from keypointlab.viz import save_figure
+
+PROTOCOL_CONFIGS = (((240, 320), 300), ((480, 640), 1000))
+OXFORD = {
+    "leuven": "illumination",
+    "graf": "viewpoint",
+    "wall": "viewpoint",
+    "boat": "zoom+rotation",
+    "bark": "zoom+rotation",
+    "bikes": "blur",
+    "trees": "blur",
+    "ubc": "jpeg",
+}
+
+
+def condition(sequence: str) -> str:
+    """What changes along a sequence (see the module docstring)."""
+    name = sequence.split("/")[-1]
+    if name.startswith("i_"):
+        return "illumination"
+    if name.startswith("v_"):
+        return "viewpoint"
+    return OXFORD.get(name, "other")
+
+
+def by_condition(result: BenchmarkResult) -> dict[str, dict[str, float | list[float]]]:
+    """MMA 1..10, matching score and H@3 averaged over the pairs of each condition."""
+    groups: dict[str, list] = {}
+    for p in result.pairs:
+        groups.setdefault(condition(p.sequence), []).append(p)
+    out = {}
+    for name, pairs in sorted(groups.items()):
+        out[name] = {
+            "pairs": len(pairs),
+            "mma": [float(v) for v in np.mean([p.mma for p in pairs], axis=0)],
+            "matching_score": float(np.mean([p.matching_score for p in pairs])),
+            "homography_accuracy_3": float(np.mean([p.corner_error <= 3 for p in pairs])),
+        }
+    return out
+
+
+def mma_table(results: list[BenchmarkResult]) -> str:
+    """One row per (condition, method): MMA at 1..10 px, MS and H@3."""
+    head = "| condition | method | pairs | " + " | ".join(f"@{t}" for t in range(1, 11))
+    lines = [head + " | MS | H@3 |", "|---" * 15 + "|"]
+    groups = {r.method: by_condition(r) for r in results}
+    conditions = sorted({c for g in groups.values() for c in g})
+    for c in conditions + ["all"]:
+        for r in results:
+            if c == "all":
+                s = r.summary()
+                g = {"pairs": len(r.pairs), "mma": s["mma"], "matching_score": s["matching_score"],
+                     "homography_accuracy_3": s["homography_accuracy_3"]}
+            elif c in groups[r.method]:
+                g = groups[r.method][c]
+            else:
+                continue
+            mma = " | ".join(f"{v:.3f}" for v in g["mma"])
+            lines.append(
+                f"| {c} | {r.method} | {g['pairs']} | {mma} | {g['matching_score']:.3f} | "
+                f"{g['homography_accuracy_3']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def mma_figure(results: list[BenchmarkResult], title: str) -> Figure:
+    groups = {r.method: by_condition(r) for r in results}
+    conditions = sorted({c for g in groups.values() for c in g}) + ["all"]
+    fig = Figure(figsize=(3.2 * len(conditions), 3.2), constrained_layout=True)
+    axes = fig.subplots(1, len(conditions), sharey=True)
+    t = np.arange(1, 11)
+    for ax, c in zip(np.atleast_1d(axes), conditions, strict=True):
+        for r in results:
+            mma = r.summary()["mma"] if c == "all" else groups[r.method].get(c, {}).get("mma")
+            if mma is not None:
+                ax.plot(t, mma, marker="o", ms=3, label=r.method)
+        ax.set_title(c)
+        ax.set_xlabel("threshold (px)")
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("MMA")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def timings(names: list[str], sequences: list, repeats: int) -> dict[str, float]:
+    """Median extraction seconds per 480x640 image of each feature."""
+    images = [
+        cv2.resize(read_image(s.images[1]), (640, 480), interpolation=cv2.INTER_AREA)
+        for s in sequences
+    ]
+    out = {}
+    for name in names:
+        ex = get_extractor(name, max_keypoints=1000)
+        ex.extract(images[0])  # warm-up
+        times = []
+        for _ in range(repeats):
+            for im in images:
+                t0 = time.perf_counter()
+                ex.extract(im)
+                times.append(time.perf_counter() - t0)
+        out[ex.name] = float(np.median(times))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/eval"))
+    ap.add_argument("--features", nargs="+", default=["d2net", "d2net_ms", "sift", "orb", "kp2d"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/d2net"))
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    sequences, skipped = load_dataset(args.data)
+    md = [f"# D2-Net benchmark on `{args.data}`", ""]
+    record: dict = {"data": str(args.data), "results": {}, "conditions": {}}
+    for size, k in PROTOCOL_CONFIGS:
+        tag = f"{size[0]}x{size[1]}"
+        results = [
+            evaluate_features(get_extractor(n), sequences, size, k, skipped) for n in args.features
+        ]
+        record["results"][tag] = {r.method: r.to_dict()["summary"] for r in results}
+        record["conditions"][tag] = {r.method: by_condition(r) for r in results}
+        save_figure(mma_figure(results, f"MMA at {tag}, top-{k}"), args.out / f"mma_{tag}.png")
+        md += [
+            f"## {tag}, top-{k}",
+            "",
+            markdown_table(results),
+            "",
+            f"![MMA by condition](mma_{tag}.png)",
+            "",
+            "### MMA by condition (1..10 px), matching score, H@3",
+            "",
+            mma_table(results),
+            "",
+            "### Matching score per sequence",
+            "",
+            sequence_table(results, "matching_score"),
+            "",
+        ]
+    t = timings(args.features, sequences, args.repeats)
+    sift = t.get("sift")
+    record["seconds_per_image_480x640"] = t
+    md += ["## Extraction time per 480x640 image (median)", "", "| feature | ms | x SIFT |",
+           "|---|---|---|"]
+    for name, sec in t.items():
+        ratio = f"{sec / sift:.1f}" if sift else "-"
+        md.append(f"| {name} | {sec * 1000:.0f} | {ratio} |")
+    write_atomic(args.out / "results.json", json.dumps(record, indent=1))
+    write_atomic(args.out / "report.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
