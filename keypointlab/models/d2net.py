@@ -121,12 +121,20 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrink)
 
 
-def _fmap_map(src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
-    """3x3 map from the feature-map xy of an image of size ``src`` to that of the same
-    image resized to ``dst`` (both ``(h, w)`` image sizes)."""
+def _pixels_to_fmap(src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
+    """3x3 map from the pixels of an image of size ``src`` to the feature-map xy of the
+    same image resized to ``dst`` (both ``(h, w)``)."""
     c = (STRIDE - 1) / 2
     to_px = np.array([[STRIDE, 0, c], [0, STRIDE, c], [0, 0, 1.0]])
-    return np.linalg.inv(to_px) @ resize_matrix(src, dst) @ to_px
+    return np.linalg.inv(to_px) @ resize_matrix(src, dst)
+
+
+def _fmap_map(src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
+    """3x3 map from the feature-map xy of an image of size ``src`` to that of the same
+    image resized to ``dst`` (both ``(h, w)``)."""
+    c = (STRIDE - 1) / 2
+    to_px = np.array([[STRIDE, 0, c], [0, STRIDE, c], [0, 0, 1.0]])
+    return _pixels_to_fmap(src, dst) @ to_px
 
 
 @register_method("d2net")
@@ -237,7 +245,7 @@ class D2Net(BaseModel):
                 mask |= banned
             prev = (f, mask, size)
             to_image = f.new_tensor(np.linalg.inv(resize_matrix((h, w), size)))
-            to_level_fmap = f.new_tensor(_fmap_map((h, w), size))
+            to_level_fmap = f.new_tensor(_pixels_to_fmap((h, w), size))
             levels.append((f, to_level_fmap))
             n = len(det["scores"])
             parts.append({
