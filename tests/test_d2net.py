@@ -246,7 +246,14 @@ def test_single_scale_detection_is_hard_detection_of_the_features():
     torch.testing.assert_close(det["keypoints"], cells_to_pixels(raw["xy"], 4))
     torch.testing.assert_close(det["scores"], raw["scores"])
     assert (det["scales"] == 4).all() and (det["levels"] == 0).all()
-    torch.testing.assert_close(desc.norm(dim=1), torch.ones(len(desc)))
+    # descriptors: the feature map interpolated bilinearly (by hand) at the sub-pixel cells
+    f = net.features(image)[0].detach().numpy()
+    for (x, y), d in zip(raw["xy"].numpy(), desc.numpy(), strict=True):
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        ax, ay = x - x0, y - y0
+        v = ((1 - ax) * (1 - ay) * f[:, y0, x0] + ax * (1 - ay) * f[:, y0, x0 + 1]
+             + (1 - ax) * ay * f[:, y0 + 1, x0] + ax * ay * f[:, y0 + 1, x0 + 1])
+        np.testing.assert_allclose(d, v / np.linalg.norm(v), atol=1e-5)
 
 
 def test_pyramid_detects_once_per_place_and_maps_back_to_the_image():
