@@ -234,6 +234,16 @@ def test_forward_outputs_and_config_errors():
                  d2l.DEFAULT_CONF, 0)
 
 
+def _bilinear_unit(f: np.ndarray, x: float, y: float) -> np.ndarray:
+    """``f`` ``(C, h, w)`` interpolated at ``(x, y)`` by hand, L2-normalised."""
+    x0, y0 = int(np.floor(x)), int(np.floor(y))
+    x1, y1 = min(x0 + 1, f.shape[2] - 1), min(y0 + 1, f.shape[1] - 1)
+    ax, ay = x - x0, y - y0
+    v = ((1 - ax) * (1 - ay) * f[:, y0, x0] + ax * (1 - ay) * f[:, y0, x1]
+         + (1 - ax) * ay * f[:, y1, x0] + ax * ay * f[:, y1, x1])
+    return v / np.linalg.norm(v)
+
+
 def test_single_scale_detection_is_hard_detection_of_the_features():
     torch.manual_seed(0)
     net = D2Net(D2Net.tiny_conf).eval()
@@ -249,11 +259,7 @@ def test_single_scale_detection_is_hard_detection_of_the_features():
     # descriptors: the feature map interpolated bilinearly (by hand) at the sub-pixel cells
     f = net.features(image)[0].detach().numpy()
     for (x, y), d in zip(raw["xy"].numpy(), desc.numpy(), strict=True):
-        x0, y0 = int(np.floor(x)), int(np.floor(y))
-        ax, ay = x - x0, y - y0
-        v = ((1 - ax) * (1 - ay) * f[:, y0, x0] + ax * (1 - ay) * f[:, y0, x0 + 1]
-             + (1 - ax) * ay * f[:, y0 + 1, x0] + ax * ay * f[:, y0 + 1, x0 + 1])
-        np.testing.assert_allclose(d, v / np.linalg.norm(v), atol=1e-5)
+        np.testing.assert_allclose(d, _bilinear_unit(f, x, y), atol=1e-5)
 
 
 def test_pyramid_detects_once_per_place_and_maps_back_to_the_image():
@@ -279,6 +285,13 @@ def test_pyramid_detects_once_per_place_and_maps_back_to_the_image():
             assert (gap > 0.5 * cell_of_coarser).all()
     assert desc.shape == (len(kp), 16)
     torch.testing.assert_close(desc.norm(dim=1), torch.ones(len(desc)))
+    # each is its level's accumulated map at the keypoint: pixel x at scale s is cell
+    # ((x + 0.5) s - 0.5 - 1.5) / 4 of that level
+    for i in range(len(kp)):
+        s = (0.5, 1.0, 2.0)[int(levels[i])]
+        fx, fy = (((kp[i] + 0.5) * s - 0.5 - 1.5) / 4).tolist()
+        acc = context[int(levels[i])][0].numpy()
+        np.testing.assert_allclose(desc[i].numpy(), _bilinear_unit(acc, fx, fy), atol=1e-5)
     # the finest level's map carries the coarser levels' maps: it differs from its own
     f_own = net.features(F.interpolate(image, scale_factor=2.0, mode="bilinear"))[0]
     assert not torch.allclose(context[2][0], f_own)
