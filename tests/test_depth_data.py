@@ -179,3 +179,33 @@ def test_a_homography_method_trains_from_depth_and_pose(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2]
     assert all(np.isfinite(r["total"]) and r["valid"] > 0 for r in log)
+
+
+def test_d2net_trains_from_depth_and_pose_with_its_config(tmp_path):
+    """keypointlab/configs/d2net_depth.yaml as shipped (the paper's kind of supervision):
+    correspondences come from depth + pose, and pairs take part in the loss."""
+    import json
+
+    from keypointlab.training.trainer import Trainer, load_config
+
+    if not KITCHEN.is_dir():
+        pytest.skip(f"7-Scenes RedKitchen frames not found at {KITCHEN}")
+    torch.set_num_threads(1)
+    config = Path(__file__).resolve().parents[1] / "keypointlab" / "configs" / "d2net_depth.yaml"
+    overrides = [
+        f"data.train={KITCHEN}",
+        "data.size=[96, 128]",
+        "data.workers=0",
+        "model.channels=[4, 8, 8, 16]",
+        "model.convs=[1, 1, 1, 2]",
+        "loss.min_correspondences=32",
+        "train.steps=2",
+        "train.batch_size=2",
+        "train.log_every=1",
+        f"train.out={tmp_path / 'run'}",
+    ]
+    Trainer(load_config(config, overrides), progress=False).fit()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    assert all(np.isfinite(r["total"]) and r["pairs_used"] > 0 for r in log)
+    assert all(r["correspondences"] > 32 for r in log)
