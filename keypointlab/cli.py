@@ -224,9 +224,20 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_ship(args: argparse.Namespace) -> int:
+    import yaml
+
     from keypointlab.training.ship import ship_model
 
-    card = ship_model(args.run, args.name, args.eval_data, note=args.note, scales=args.scales)
+    options = {}
+    for item in args.model_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--model-option {item!r}: expected KEY=VALUE")
+        options[key] = yaml.safe_load(value)
+    card = ship_model(
+        args.run, args.name, args.eval_data, note=args.note, scales=args.scales,
+        model_options=options, weights_of=args.weights_of,
+    )
     print(card.read_text())
     return 0
 
@@ -343,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_scales,
         default=(1.0,),
         help="the model's default image scales, e.g. 1.41,1,0.71 (measured beside scale 1)",
+    )
+    p.add_argument(
+        "--model-option", action="append", default=[], metavar="KEY=VALUE",
+        help="override a model config entry, e.g. pyramid=[0.5,1,2] (repeatable)",
+    )
+    p.add_argument(
+        "--weights-of", default=None, metavar="NAME",
+        help="write no weights: use those of the shipped model NAME (same run)",
     )
     p.set_defaults(func=cmd_ship)
 

@@ -295,3 +295,51 @@ def test_pyramid_detects_once_per_place_and_maps_back_to_the_image():
     # the finest level's map carries the coarser levels' maps: it differs from its own
     f_own = net.features(F.interpolate(image, scale_factor=2.0, mode="bilinear"))[0]
     assert not torch.allclose(context[2][0], f_own)
+
+
+# -- shipping: one set of weights under two names ------------------------------------------
+def test_ship_a_run_and_its_multiscale_alias(tmp_path):
+    import json
+
+    import cv2
+
+    from keypointlab.data.samples import sample_photo
+    from keypointlab.models import loading
+    from keypointlab.training.ship import ship_model
+    from keypointlab.training.trainer import Trainer, load_config
+
+    torch.set_num_threads(1)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("astronaut", "coffee", "rocket"):
+        rgb = sample_photo(name, (96, 128))
+        cv2.imwrite(str(images / f"{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    seq = tmp_path / "eval" / "v_astro"
+    seq.mkdir(parents=True)
+    ref = sample_photo("astronaut", (120, 160))
+    cv2.imwrite(str(seq / "1.png"), ref)
+    H = np.array([[0.95, 0.05, 4.0], [-0.04, 1.0, 2.0], [0.0, 0.0, 1.0]])
+    cv2.imwrite(str(seq / "2.png"), cv2.warpPerspective(ref, H, (160, 120)))
+    np.savetxt(seq / "H_1_2", H)
+    config = load_config(
+        loading.WEIGHTS_DIR.parent / "configs" / "d2net.yaml",
+        [f"data.train={images}", "data.size=[64, 64]", "data.workers=0", "data.holdout=0",
+         "model.channels=[4, 8, 8, 16]", "model.convs=[1, 1, 1, 2]", "train.steps=2",
+         "train.batch_size=2", "train.validate_every=0", f"train.out={tmp_path / 'run'}"],
+    )
+    Trainer(config, progress=False).fit()
+    out = tmp_path / "weights"
+    ship_model(tmp_path / "run", "tiny", tmp_path / "eval", out_dir=out)
+    with pytest.raises(FileNotFoundError, match="ship 'nothing'"):
+        ship_model(tmp_path / "run", "tiny_ms", tmp_path / "eval", out_dir=out,
+                   weights_of="nothing")
+    card = ship_model(tmp_path / "run", "tiny_ms", tmp_path / "eval", out_dir=out,
+                      model_options={"pyramid": [0.5, 1.0, 2.0]}, weights_of="tiny")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "tiny.json", "tiny.md", "tiny.safetensors", "tiny_ms.json", "tiny_ms.md"
+    ]
+    meta = json.loads((out / "tiny_ms.json").read_text())
+    assert meta["weights"] == "tiny" and meta["model"]["pyramid"] == [0.5, 1.0, 2.0]
+    assert "shared with `tiny`" in card.read_text()
+    # the checkout's path is not in the card (the data paths are the config's own)
+    assert str(loading.WEIGHTS_DIR.parents[1]) not in card.read_text()

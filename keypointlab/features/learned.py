@@ -148,7 +148,7 @@ class LearnedExtractor(Extractor):
             back = out["keypoints"].new_tensor(resize_matrix(size, (h, w)))  # to image pixels
             out["keypoints"] = warp_points(out["keypoints"], back)
             if "scales" in out:
-                out["scales"] = out["scales"] * float(np.sqrt(back[0, 0] * back[1, 1]))
+                out["scales"] = out["scales"] * float(torch.sqrt(back[0, 0] * back[1, 1]))
             parts.append(out)
         out = _best(_concat(parts), self.max_keypoints)
         return Features(

@@ -18,6 +18,7 @@ from keypointlab.evaluation.benchmark import evaluate_features
 from keypointlab.evaluation.report import markdown_table, sequence_table, write_atomic
 from keypointlab.features import get_extractor
 from keypointlab.features.learned import LearnedExtractor
+from keypointlab.models.base import build_model
 from keypointlab.models.loading import WEIGHTS_DIR, load_run
 
 PROTOCOL_CONFIGS = (((240, 320), 300), ((480, 640), 1000))
@@ -46,6 +47,8 @@ def ship_model(
     out_dir: str | Path = WEIGHTS_DIR,
     note: str = "",
     scales: tuple[float, ...] = (1.0,),
+    model_options: dict[str, Any] | None = None,
+    weights_of: str | None = None,
 ) -> Path:
     """Write ``<name>.safetensors``, ``<name>.json`` and ``<name>.md`` from ``run``'s last
     checkpoint, or from the checkpoint file ``run`` (e.g. the run's ``best.pt``, chosen on
@@ -53,7 +56,10 @@ def ship_model(
 
     ``scales`` become the model's default extraction scales (see
     :class:`~keypointlab.features.learned.DenseExtractor`); the card then measures the model
-    at those scales and at scale 1."""
+    at those scales and at scale 1. ``model_options`` override entries of the model config
+    (inference settings such as D2-Net's ``pyramid``); with ``weights_of`` no tensors are
+    written and ``<name>.json`` points at that shipped model's (one set of weights, two
+    names)."""
     scales = tuple(float(s) for s in scales)
     source, out = Path(run), Path(out_dir)
     run = source.parent if source.is_file() else source
@@ -62,10 +68,21 @@ def ship_model(
     loaded = load_run(source)
     state, model, ckpt_path = loaded.state, loaded.model, loaded.path
     conf = state["config"]
+    model_conf = {**conf["model"], **(model_options or {})}
+    if model_options:
+        weights = model.state_dict()
+        model = build_model(state["method"], model_conf, state.get("method_module")).eval()
+        model.load_state_dict(weights)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(out / f"{name}.safetensors"))
-    meta = {"method": state["method"], "model": conf["model"], "scales": list(scales)}
+    weights_file = out / f"{weights_of or name}.safetensors"
+    meta = {"method": state["method"], "model": model_conf, "scales": list(scales)}
+    if weights_of:
+        if not weights_file.is_file():
+            raise FileNotFoundError(f"{weights_file}: ship {weights_of!r} before {name!r}")
+        meta["weights"] = weights_of
+    else:
+        save_file(tensors, str(weights_file))
     write_atomic(out / f"{name}.json", json.dumps(meta, indent=1))
 
     sequences, skipped = load_dataset(eval_data)
@@ -84,7 +101,9 @@ def ship_model(
         "",
         f"Method `{state['method']}`, trained by KeypointLab from scratch without labels. "
         f"{n_params / 1e6:.2f} M parameters in the extractor; "
-        f"{(out / f'{name}.safetensors').stat().st_size / 1e6:.1f} MB file. License: Apache-2.0.",
+        f"{weights_file.stat().st_size / 1e6:.1f} MB file"
+        + (f" (`{weights_file.name}`, shared with `{weights_of}`)" if weights_of else "")
+        + ". License: Apache-2.0.",
         "",
         note,
         "",
