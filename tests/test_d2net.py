@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from keypointlab.geometry.groundtruth import DepthGroundTruth, HomographyGroundTruth
 from keypointlab.geometry.keypoints import cells_to_pixels, pixels_to_cells
 from keypointlab.losses import d2net as d2l
-from keypointlab.models.d2net import D2Net, _fmap_map, hard_detection, soft_detection
+from keypointlab.models.d2net import (
+    D2Net,
+    _fmap_map,
+    _pixels_to_fmap,
+    hard_detection,
+    soft_detection,
+)
 
 
 def _conf(**kw):
@@ -181,7 +187,7 @@ def test_loss_skips_pairs_with_too_few_correspondences_and_keeps_the_graph():
     losses, metrics = d2l.d2net_loss(d, d, s, s, H, _conf(min_correspondences=10))
     assert float(metrics["pairs_used"]) == 1.0
     losses, metrics = d2l.d2net_loss(d, d, s, s, H, _conf(min_correspondences=100))
-    assert float(metrics["pairs_used"]) == 0 and float(losses["total"]) == 0.0
+    assert float(metrics["pairs_used"]) == 0 and float(losses["total"].detach()) == 0.0
     losses["total"].backward()  # no pair: still differentiable (zero gradient)
 
 
@@ -230,8 +236,12 @@ def test_forward_outputs_and_config_errors():
     with pytest.raises(ValueError, match="pyramid"):
         D2Net({"pyramid": [0.0]})
     with pytest.raises(ValueError, match="ground truth"):
-        net.loss({"image0": torch.rand(1, 3, 32, 32), "image1": torch.rand(1, 3, 32, 32)}, None,
-                 d2l.DEFAULT_CONF, 0)
+        net.loss(
+            {"image0": torch.rand(1, 3, 32, 32), "image1": torch.rand(1, 3, 32, 32)},
+            None,
+            d2l.DEFAULT_CONF,
+            0,
+        )
 
 
 def _bilinear_unit(f: np.ndarray, x: float, y: float) -> np.ndarray:
@@ -239,8 +249,12 @@ def _bilinear_unit(f: np.ndarray, x: float, y: float) -> np.ndarray:
     x0, y0 = int(np.floor(x)), int(np.floor(y))
     x1, y1 = min(x0 + 1, f.shape[2] - 1), min(y0 + 1, f.shape[1] - 1)
     ax, ay = x - x0, y - y0
-    v = ((1 - ax) * (1 - ay) * f[:, y0, x0] + ax * (1 - ay) * f[:, y0, x1]
-         + (1 - ax) * ay * f[:, y1, x0] + ax * ay * f[:, y1, x1])
+    v = (
+        (1 - ax) * (1 - ay) * f[:, y0, x0]
+        + ax * (1 - ay) * f[:, y0, x1]
+        + (1 - ax) * ay * f[:, y1, x0]
+        + ax * ay * f[:, y1, x1]
+    )
     return v / np.linalg.norm(v)
 
 
@@ -275,16 +289,42 @@ def test_pyramid_detects_once_per_place_and_maps_back_to_the_image():
     assert torch.equal(det["scales"], torch.tensor([8.0, 4.0, 2.0])[levels])
     kp = det["keypoints"]
     assert kp[:, 0].min() >= 0 and kp[:, 0].max() <= 63 and kp[:, 1].max() <= 47
-    # a finer level never re-detects next to a coarser detection (3x3 cells of that level)
-    for fine in (1, 2):
-        coarse = kp[levels < fine]
-        here = kp[levels == fine]
-        if len(coarse) and len(here):
-            gap = torch.cdist(here, coarse).min(dim=1).values
-            cell_of_coarser = 4 / {1: 0.5, 2: 1.0}[fine]
-            assert (gap > 0.5 * cell_of_coarser).all()
+    # a finer level never detects in a cell whose nearest coarser cell is taken (holds a
+    # detection, or is itself banned by a coarser one), by hand over the cells
+    sizes = [(round(48 * s), round(64 * s)) for s in (0.5, 1.0, 2.0)]
+    taken = None
+    for lv, size in enumerate(sizes):
+        fh, fw = context[lv][0].shape[-2:]
+        to_fmap = _pixels_to_fmap((48, 64), size)
+        xy = kp[levels == lv].numpy()
+        cells = np.rint(xy @ to_fmap[:2, :2].T + to_fmap[:2, 2]).astype(int)
+        here = np.zeros((fh, fw), bool)
+        here[cells[:, 1], cells[:, 0]] = True
+        if taken is not None:
+            m = _fmap_map(size, sizes[lv - 1])
+            jj, ii = np.meshgrid(np.arange(fw), np.arange(fh))
+            cx = np.rint(m[0, 0] * jj + m[0, 2]).astype(int).clip(0, taken.shape[1] - 1)
+            cy = np.rint(m[1, 1] * ii + m[1, 2]).astype(int).clip(0, taken.shape[0] - 1)
+            banned = taken[cy, cx]
+            assert banned.any() and not (here & banned).any()
+            # and nothing else is banned: the level's detections are hard detection there
+            expect = hard_detection(
+                context[lv][0], net.conf["edge_threshold"], torch.from_numpy(banned)
+            )
+            assert len(expect["xy"]) == len(xy)
+            here |= banned
+        taken = here
     assert desc.shape == (len(kp), 16)
     torch.testing.assert_close(desc.norm(dim=1), torch.ones(len(desc)))
+    # a score is the accumulated map's strongest channel at the cell over the levels it sums
+    for i in range(len(kp)):
+        lv = int(levels[i])
+        s = (0.5, 1.0, 2.0)[lv]
+        cx, cy = (((kp[i] + 0.5) * s - 0.5 - 1.5) / 4).round().long().tolist()
+        acc = context[lv][0]
+        assert float(det["scores"][i]) == pytest.approx(
+            float(acc[:, cy, cx].max()) / (lv + 1), rel=1e-5
+        )
     # each is its level's accumulated map at the keypoint: pixel x at scale s is cell
     # ((x + 0.5) s - 0.5 - 1.5) / 4 of that level
     for i in range(len(kp)):
@@ -323,20 +363,40 @@ def test_ship_a_run_and_its_multiscale_alias(tmp_path):
     np.savetxt(seq / "H_1_2", H)
     config = load_config(
         loading.WEIGHTS_DIR.parent / "configs" / "d2net.yaml",
-        [f"data.train={images}", "data.size=[64, 64]", "data.workers=0", "data.holdout=0",
-         "model.channels=[4, 8, 8, 16]", "model.convs=[1, 1, 1, 2]", "train.steps=2",
-         "train.batch_size=2", "train.validate_every=0", f"train.out={tmp_path / 'run'}"],
+        [
+            f"data.train={images}",
+            "data.size=[64, 64]",
+            "data.workers=0",
+            "data.holdout=0",
+            "model.channels=[4, 8, 8, 16]",
+            "model.convs=[1, 1, 1, 2]",
+            "train.steps=2",
+            "train.batch_size=2",
+            "train.validate_every=0",
+            f"train.out={tmp_path / 'run'}",
+        ],
     )
     Trainer(config, progress=False).fit()
     out = tmp_path / "weights"
     ship_model(tmp_path / "run", "tiny", tmp_path / "eval", out_dir=out)
     with pytest.raises(FileNotFoundError, match="ship 'nothing'"):
-        ship_model(tmp_path / "run", "tiny_ms", tmp_path / "eval", out_dir=out,
-                   weights_of="nothing")
-    card = ship_model(tmp_path / "run", "tiny_ms", tmp_path / "eval", out_dir=out,
-                      model_options={"pyramid": [0.5, 1.0, 2.0]}, weights_of="tiny")
+        ship_model(
+            tmp_path / "run", "tiny_ms", tmp_path / "eval", out_dir=out, weights_of="nothing"
+        )
+    card = ship_model(
+        tmp_path / "run",
+        "tiny_ms",
+        tmp_path / "eval",
+        out_dir=out,
+        model_options={"pyramid": [0.5, 1.0, 2.0]},
+        weights_of="tiny",
+    )
     assert sorted(p.name for p in out.iterdir()) == [
-        "tiny.json", "tiny.md", "tiny.safetensors", "tiny_ms.json", "tiny_ms.md"
+        "tiny.json",
+        "tiny.md",
+        "tiny.safetensors",
+        "tiny_ms.json",
+        "tiny_ms.md",
     ]
     meta = json.loads((out / "tiny_ms.json").read_text())
     assert meta["weights"] == "tiny" and meta["model"]["pyramid"] == [0.5, 1.0, 2.0]

@@ -24,8 +24,10 @@ edge-response test of SIFT on the Hessian of ``F_c*`` (``tr^2 / det < (t + 1)^2 
 Multi-scale (``pyramid``, the paper's ``[0.5, 1, 2]``): the image is resized by each scale
 from the coarsest up; each level's feature map is the network's plus the previous level's
 accumulated map resampled onto it; detections are taken at every level except where a
-coarser level already detected (a 3x3 neighbourhood), and described from their level's
-accumulated map. ``pyramid: [1.0]`` is single-scale.
+coarser level already detected (the finer cells whose nearest coarser cell holds a
+detection, as in the reference implementation), scored by the accumulated activation
+divided by the number of levels it sums (so top-k compares levels on one footing) and
+described from their level's accumulated map. ``pyramid: [1.0]`` is single-scale.
 """
 
 from __future__ import annotations
@@ -180,8 +182,14 @@ class D2Net(BaseModel):
             dilation = int(conf["dilation"]) if block == 3 else 1
             for _ in range(n):
                 layers.append(
-                    nn.Conv2d(cin, width, 3, padding=dilation, dilation=dilation,
-                              bias=not conf["batch_norm"])
+                    nn.Conv2d(
+                        cin,
+                        width,
+                        3,
+                        padding=dilation,
+                        dilation=dilation,
+                        bias=not conf["batch_norm"],
+                    )
                 )
                 if conf["batch_norm"]:
                     layers.append(nn.BatchNorm2d(width))
@@ -235,8 +243,7 @@ class D2Net(BaseModel):
                 to_prev = f.new_tensor(_fmap_map(size, psize))
                 grid = warp_points(cell_grid(fh, fw, f.device, f.dtype), to_prev)[None]
                 f = f + sample_map(acc[None], grid)[0].T.reshape(-1, fh, fw)
-                dilated = F.max_pool2d(mask[None, None].float(), 3, stride=1, padding=1)[0]
-                banned = sample_map(dilated[None], grid, mode="nearest")[0, :, 0] > 0.5
+                banned = sample_map(mask[None, None].float(), grid, mode="nearest")[0, :, 0] > 0.5
                 banned = banned.reshape(fh, fw)
             det = hard_detection(f, self.conf["edge_threshold"], banned)
             mask = torch.zeros(fh, fw, dtype=torch.bool, device=f.device)
@@ -248,12 +255,14 @@ class D2Net(BaseModel):
             to_level_fmap = f.new_tensor(_pixels_to_fmap((h, w), size))
             levels.append((f, to_level_fmap))
             n = len(det["scores"])
-            parts.append({
-                "keypoints": warp_points(cells_to_pixels(det["xy"], STRIDE), to_image),
-                "scores": det["scores"],
-                "scales": f.new_full((n,), STRIDE / s),
-                "levels": torch.full((n,), level, dtype=torch.long, device=f.device),
-            })
+            parts.append(
+                {
+                    "keypoints": warp_points(cells_to_pixels(det["xy"], STRIDE), to_image),
+                    "scores": det["scores"] / (level + 1),  # the map sums level + 1 levels
+                    "scales": f.new_full((n,), STRIDE / s),
+                    "levels": torch.full((n,), level, dtype=torch.long, device=f.device),
+                }
+            )
         out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         out["keypoints"] = torch.stack(
             [out["keypoints"][:, 0].clamp(0, w - 1), out["keypoints"][:, 1].clamp(0, h - 1)], 1
