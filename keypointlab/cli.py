@@ -10,13 +10,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from keypointlab.errors import KeypointLabError
+
 if TYPE_CHECKING:
     from keypointlab.features.base import Extractor, Features
 
 logger = logging.getLogger("keypointlab")
 
 # Errors that are the user's input, reported as one line instead of a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, KeyError, ValueError, OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    KeypointLabError,
+    FileNotFoundError,
+    KeyError,
+    ValueError,
+    OSError,
+)
 
 
 def _standard_configs(size: str | None, top_k: int | None) -> list[tuple[str, int]]:
@@ -236,7 +244,7 @@ def cmd_ship(args: argparse.Namespace) -> int:
         options[key] = yaml.safe_load(value)
     card = ship_model(
         args.run, args.name, args.eval_data, note=args.note, scales=args.scales,
-        model_options=options, weights_of=args.weights_of,
+        model_options=options, weights_of=args.weights_of, force=args.force,
     )
     print(card.read_text())
     return 0
@@ -344,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ship", help="package a training run as shipped weights + model card")
     p.add_argument(
-        "run", type=Path, help="training output folder (its newest checkpoint) or a checkpoint"
+        "run",
+        help="training output folder (its newest checkpoint), a checkpoint, or a shipped "
+        "model's name (its weights at other settings, e.g. --model-option)",
     )
     p.add_argument("--name", required=True, help="model name, e.g. kp2d")
     p.add_argument("--eval-data", type=Path, default=Path("../shared/data/eval"))
@@ -363,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights-of", default=None, metavar="NAME",
         help="write no weights: use those of the shipped model NAME (same run)",
     )
+    p.add_argument("--force", action="store_true", help="replace a shipped model of that name")
     p.set_defaults(func=cmd_ship)
 
     p = sub.add_parser(

@@ -403,3 +403,16 @@ def test_ship_a_run_and_its_multiscale_alias(tmp_path):
     assert "shared with `tiny`" in card.read_text()
     # the checkout's path is not in the card (the data paths are the config's own)
     assert str(loading.WEIGHTS_DIR.parents[1]) not in card.read_text()
+    # a shipped model is a source too: its weights at other settings, its training record
+    card = ship_model(
+        "tiny", "tiny_12", tmp_path / "eval", out_dir=out, model_options={"pyramid": [1, 2]}
+    )
+    meta = json.loads((out / "tiny_12.json").read_text())
+    assert meta["weights"] == "tiny" and meta["model"]["pyramid"] == [1, 2]
+    text, source = card.read_text(), (out / "tiny.md").read_text()
+    training = source[source.index("## Training") : source.index("## Measured")].strip()
+    assert training in text and "`pyramid=[1, 2]`" in text
+    assert not (out / "tiny_12.safetensors").exists()
+    a = loading.load_shipped("tiny_12", weights_dir=out).model.state_dict()
+    b = loading.load_shipped("tiny", weights_dir=out).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -240,6 +240,43 @@ def test_ship_records_default_scales_and_measures_both(images: Path, tmp_path: P
     assert "| sift | 240x320 |" in text and "image scales 1.5, 1" in text
 
 
+def test_ship_evaluates_first_refuses_to_overwrite_and_checks_the_name(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ship` writes nothing when the evaluation fails, keeps a shipped model unless
+    forced, and takes only names that stay inside the weights folder."""
+    from keypointlab.cli import main
+    from keypointlab.training.ship import ship_model
+
+    torch.set_num_threads(1)
+    run, out = tmp_path / "run", tmp_path / "weights"
+    Trainer(load_config(CONFIG, tiny(images, run, "train.steps=1")), progress=False).fit()
+    with pytest.raises(FileNotFoundError):
+        ship_model(run, "tiny", tmp_path / "no-eval-data", out)
+    assert not out.exists() or not any(out.iterdir())
+    eval_data = tmp_path / "eval" / "v_astro"
+    eval_data.mkdir(parents=True)
+    ref = sample_photo("astronaut", (120, 160))
+    cv2.imwrite(str(eval_data / "1.png"), ref)
+    cv2.imwrite(str(eval_data / "2.png"), ref)
+    np.savetxt(eval_data / "H_1_2", np.eye(3))
+    ship_model(run, "tiny", tmp_path / "eval", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(FileExistsError, match="pass --force"):
+        ship_model(run, "tiny", tmp_path / "eval", out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    ship_model(run, "tiny", tmp_path / "eval", out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.json", "tiny.md", "tiny.safetensors"]
+    for bad in ("../evil", "a/b", ".hidden", "", "x" * 65, "-x"):
+        with pytest.raises(ValueError, match="ship --name"):
+            ship_model(run, bad, tmp_path / "eval", out)
+    status = main(["ship", str(run), "--name", "../evil", "--eval-data", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("keypointlab: error: ship --name '../evil'")
+    assert "Traceback" not in err and not (tmp_path / "evil.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.json", "tiny.md", "tiny.safetensors"]
+
+
 def test_validation_uses_held_out_training_images_only(tmp_path: Path) -> None:
     """Validation pairs come from the held-out part of data.train, which training never
     loads; the best checkpoint by validation is kept as best.pt."""

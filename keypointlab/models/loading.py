@@ -70,15 +70,17 @@ def _fit(model: BaseModel, weights: dict[str, torch.Tensor], source: str, method
         ) from exc
 
 
-def load_shipped(name: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """A shipped model by name.
+def load_shipped(
+    name: str, device: str | torch.device = "cpu", weights_dir: str | Path | None = None
+) -> LoadedModel:
+    """A shipped model by name (from ``weights_dir``, default the package's weights).
 
     Raises:
         FileNotFoundError: no shipped model of that name.
     """
     from safetensors.torch import load_file
 
-    meta_path = WEIGHTS_DIR / f"{name}.json"
+    meta_path = Path(weights_dir or WEIGHTS_DIR) / f"{name}.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"no shipped model {name!r}; shipped: {shipped_models()}")
     meta = json.loads(meta_path.read_text())

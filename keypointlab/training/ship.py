@@ -8,10 +8,12 @@ same run, so every figure in it can be reproduced.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from keypointlab.data.sequences import load_dataset
 from keypointlab.evaluation.benchmark import evaluate_features
@@ -19,7 +21,7 @@ from keypointlab.evaluation.report import markdown_table, sequence_table, write_
 from keypointlab.features import get_extractor
 from keypointlab.features.learned import LearnedExtractor
 from keypointlab.models.base import build_model
-from keypointlab.models.loading import WEIGHTS_DIR, load_run
+from keypointlab.models.loading import WEIGHTS_DIR, load_run, load_shipped
 
 PROTOCOL_CONFIGS = (((240, 320), 300), ((480, 640), 1000))
 
@@ -40,6 +42,39 @@ def _selection(state: dict[str, Any]) -> str:
     return f"; the run's best on held-out validation pairs ({select} {best:.4f})"
 
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_name(name: str) -> str:
+    """A shipped model's name: letters, digits, ``_ . -``, at most 64, not starting with a
+    dot or dash (so it stays a file name inside the weights folder)."""
+    if not NAME_PATTERN.fullmatch(name) or name.endswith(".tmp"):
+        raise ValueError(
+            f"ship --name {name!r}: use 1-64 letters, digits, '_', '.', '-', starting with a "
+            "letter or digit"
+        )
+    return name
+
+
+def _source_card_training(card: Path, source: str) -> list[str]:
+    """The ``## Training`` section of a shipped model's card (its provenance)."""
+    text = card.read_text() if card.is_file() else ""
+    start = text.find("## Training")
+    if start < 0:
+        return ["## Training", "", f"- the weights of `{source}` (its card has no training record)"]
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else len(text)].rstrip().splitlines()
+
+
+def _write_safetensors(tensors: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def ship_model(
     run: str | Path,
     name: str,
@@ -49,41 +84,68 @@ def ship_model(
     scales: tuple[float, ...] = (1.0,),
     model_options: dict[str, Any] | None = None,
     weights_of: str | None = None,
+    force: bool = False,
 ) -> Path:
-    """Write ``<name>.safetensors``, ``<name>.json`` and ``<name>.md`` from ``run``'s last
-    checkpoint, or from the checkpoint file ``run`` (e.g. the run's ``best.pt``, chosen on
-    validation); returns the model card's path.
+    """Write ``<name>.safetensors``, ``<name>.json`` and ``<name>.md`` into ``out_dir``;
+    returns the model card's path.
 
+    ``run`` is a run folder (its newest checkpoint), a checkpoint file (e.g. the run's
+    ``best.pt``, chosen on validation) or the name of a model already shipped in ``out_dir``
+    (its weights under other inference settings: the card carries over its training record).
     ``scales`` become the model's default extraction scales (see
     :class:`~keypointlab.features.learned.DenseExtractor`); the card then measures the model
     at those scales and at scale 1. ``model_options`` override entries of the model config
-    (inference settings such as D2-Net's ``pyramid``); with ``weights_of`` no tensors are
-    written and ``<name>.json`` points at that shipped model's (one set of weights, two
-    names)."""
+    (inference settings such as D2-Net's ``pyramid``); with ``weights_of`` (implied for a
+    shipped source) no tensors are written and ``<name>.json`` points at that shipped
+    model's (one set of weights, two names).
+
+    The evaluation runs first; files are written only after it succeeded, each through a
+    temporary file, the ``.json`` (which makes the model visible) last.
+
+    Raises:
+        ValueError: ``name`` is not a safe file name.
+        FileExistsError: ``name`` is shipped already and ``force`` is not set.
+        FileNotFoundError: no such run, checkpoint, shipped source or ``weights_of``.
+    """
     scales = tuple(float(s) for s in scales)
-    source, out = Path(run), Path(out_dir)
-    run = source.parent if source.is_file() else source
-    if not run.is_dir():
-        raise FileNotFoundError(f"{source}: no such run folder or checkpoint to ship")
-    loaded = load_run(source)
-    state, model, ckpt_path = loaded.state, loaded.model, loaded.path
-    conf = state["config"]
-    model_conf = {**conf["model"], **(model_options or {})}
+    out = Path(out_dir)
+    check_name(name)
+    existing = [p.name for p in (out / f"{name}{ext}" for ext in (".json", ".md")) if p.exists()]
+    if not weights_of:
+        existing += [f"{name}.safetensors"] if (out / f"{name}.safetensors").exists() else []
+    if existing and not force:
+        raise FileExistsError(
+            f"{out}: shipped model {name!r} exists ({', '.join(existing)}); pass --force "
+            "to replace it"
+        )
+    source = Path(run)
+    shipped_source = not source.exists() and (out / f"{run}.json").is_file()
+    if shipped_source:
+        loaded = load_shipped(str(run), weights_dir=out)
+        meta = json.loads((out / f"{run}.json").read_text())
+        weights_of = weights_of or str(meta.get("weights", run))
+        state, model, method = None, loaded.model, loaded.method
+        base_conf = meta["model"]
+    else:
+        run_dir = source.parent if source.is_file() else source
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"{source}: no such run folder, checkpoint or shipped model")
+        loaded = load_run(source)
+        state, model, method = loaded.state, loaded.model, loaded.method
+        base_conf = state["config"]["model"]
+    model_conf = {**base_conf, **(model_options or {})}
     if model_options:
         weights = model.state_dict()
-        model = build_model(state["method"], model_conf, state.get("method_module")).eval()
+        module = state.get("method_module") if state else None
+        model = build_model(method, model_conf, module).eval()
         model.load_state_dict(weights)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     weights_file = out / f"{weights_of or name}.safetensors"
-    meta = {"method": state["method"], "model": model_conf, "scales": list(scales)}
+    if weights_of and not weights_file.is_file():
+        raise FileNotFoundError(f"{weights_file}: ship {weights_of!r} before {name!r}")
+    meta = {"method": method, "model": model_conf, "scales": list(scales)}
     if weights_of:
-        if not weights_file.is_file():
-            raise FileNotFoundError(f"{weights_file}: ship {weights_of!r} before {name!r}")
         meta["weights"] = weights_of
-    else:
-        save_file(tensors, str(weights_file))
-    write_atomic(out / f"{name}.json", json.dumps(meta, indent=1))
 
     sequences, skipped = load_dataset(eval_data)
     extractors = [LearnedExtractor(model, name)]
@@ -96,38 +158,35 @@ def ship_model(
         for ex in extractors
     ]
     n_params = sum(v.numel() for k, v in tensors.items() if not k.startswith("io_net"))
+    size_mb = (weights_file.stat().st_size if weights_of else len(save(tensors))) / 1e6
+    options = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in (model_options or {}).items())
     card = [
         f"# {name}",
         "",
-        f"Method `{state['method']}`, trained by KeypointLab from scratch without labels. "
+        f"Method `{method}`, trained by KeypointLab from scratch without labels. "
         f"{n_params / 1e6:.2f} M parameters in the extractor; "
-        f"{weights_file.stat().st_size / 1e6:.1f} MB file"
+        f"{size_mb:.1f} MB file"
         + (f" (`{weights_file.name}`, shared with `{weights_of}`)" if weights_of else "")
         + ". License: Apache-2.0.",
         "",
         note,
         "",
         f"Default extraction: image scales {', '.join(f'{v:g}' for v in scales)} "
-        f"(`{extractors[0].name}` below; `scales=(1.0,)` runs once on the image as given).",
+        f"(`{extractors[0].name}` below; `scales=(1.0,)` runs once on the image as given)"
+        + (
+            f"; model options {options} over the {'shipped model' if shipped_source else 'run'}"
+            f"'s config"
+            if options
+            else ""
+        )
+        + ".",
         "",
-        "## Training",
-        "",
-        f"- checkpoint: `{ckpt_path.name}`, step {state['step']}, "
-        f"{state['train_seconds'] / 60:.1f} min of training on a 2-core CPU"
-        + _selection(state),
-        f"- data: `{conf['data']['train']}` (unlabelled photographs), crops "
-        f"{conf['data']['size']}, seed {conf['train']['seed']}",
-        "- command and revision per (re)start:",
     ]
-    for p in _provenance(run) or [{}]:
-        argv = " ".join(p.get("argv", ["(not recorded)"]))
-        dirty = " (with uncommitted changes)" if p.get("git_dirty") else ""
-        card.append(f"  - `{argv}` at git `{p.get('git_revision', '(not recorded)')}`{dirty}")
+    if shipped_source:
+        card += _source_card_training(out / f"{run}.md", str(run))
+    else:
+        card += _training_section(source, loaded.path, state)
     card += [
-        "",
-        "```json",
-        json.dumps({k: conf[k] for k in ("model", "loss", "data", "train")}, indent=1),
-        "```",
         "",
         f"## Measured on `{eval_data}`",
         "",
@@ -144,4 +203,33 @@ def ship_model(
         sequence_table(results[: len(extractors)], "homography_accuracy_3"),
         "",
     ]
-    return write_atomic(out / f"{name}.md", "\n".join(card))
+    out.mkdir(parents=True, exist_ok=True)
+    if not weights_of:
+        _write_safetensors(tensors, weights_file)
+    path = write_atomic(out / f"{name}.md", "\n".join(card))
+    write_atomic(out / f"{name}.json", json.dumps(meta, indent=1))
+    return path
+
+
+def _training_section(source: Path, ckpt_path: Path, state: dict[str, Any]) -> list[str]:
+    conf = state["config"]
+    run = source.parent if source.is_file() else source
+    lines = [
+        "## Training",
+        "",
+        f"- checkpoint: `{ckpt_path.name}`, step {state['step']}, "
+        f"{state['train_seconds'] / 60:.1f} min of training on a 2-core CPU" + _selection(state),
+        f"- data: `{conf['data']['train']}` (unlabelled photographs), crops "
+        f"{conf['data']['size']}, seed {conf['train']['seed']}",
+        "- command and revision per (re)start:",
+    ]
+    for p in _provenance(run) or [{}]:
+        argv = " ".join(p.get("argv", ["(not recorded)"]))
+        dirty = " (with uncommitted changes)" if p.get("git_dirty") else ""
+        lines.append(f"  - `{argv}` at git `{p.get('git_revision', '(not recorded)')}`{dirty}")
+    return lines + [
+        "",
+        "```json",
+        json.dumps({k: conf[k] for k in ("model", "loss", "data", "train")}, indent=1),
+        "```",
+    ]
