@@ -43,6 +43,35 @@ class GroundTruth(ABC):
     def warp_1to0(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """View-1 points ``(B, N, 2)`` to view 0: ``(warped (B, N, 2), known (B, N) bool)``."""
 
+    def local_frames(
+        self, points: torch.Tensor, forward: bool = True, eps: float = 0.5
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """How the neighbourhood of each point is scaled and turned into the other view.
+
+        From the warp's Jacobian ``J`` (central differences of ``eps`` pixels): scale
+        ``sqrt |det J|`` and angle ``atan2(J10 - J01, J00 + J11)`` (the rotation nearest
+        to ``J``; exact for a similarity), in the angle convention of
+        :mod:`keypointlab.geometry.patches`. So a keypoint of support ``s`` and orientation
+        ``a`` in this view has support ``scale * s`` and orientation ``a + angle`` there.
+
+        Args:
+            points: ``(B, N, 2)`` xy in view 0 (``forward``) or view 1.
+
+        Returns:
+            ``(warped (B, N, 2), scale (B, N), angle (B, N), known (B, N))``; a point is
+            known when it and its four neighbours at ``eps`` are.
+        """
+        b, n, _ = points.shape
+        steps = points.new_tensor([[0, 0], [eps, 0], [-eps, 0], [0, eps], [0, -eps]])
+        probe = (points[:, :, None, :] + steps).reshape(b, 5 * n, 2)
+        warped, known = (self.warp_0to1 if forward else self.warp_1to0)(probe)
+        warped, known = warped.reshape(b, n, 5, 2), known.reshape(b, n, 5).all(-1)
+        dx = (warped[:, :, 1] - warped[:, :, 2]) / (2 * eps)  # first column of J
+        dy = (warped[:, :, 3] - warped[:, :, 4]) / (2 * eps)  # second column
+        det = dx[..., 0] * dy[..., 1] - dy[..., 0] * dx[..., 1]
+        angle = torch.atan2(dx[..., 1] - dy[..., 0], dx[..., 0] + dy[..., 1])
+        return warped[:, :, 0], det.abs().sqrt(), angle, known & torch.isfinite(det)
+
     def to(self, device: torch.device | str) -> GroundTruth:
         """A shallow copy with every tensor attribute moved to ``device``."""
         moved = copy.copy(self)
