@@ -416,3 +416,21 @@ def test_ship_a_run_and_its_multiscale_alias(tmp_path):
     a = loading.load_shipped("tiny_12", weights_dir=out).model.state_dict()
     b = loading.load_shipped("tiny", weights_dir=out).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_detection_memory_grows_with_the_image_not_its_square():
+    """Hard detection reads each candidate's channel in place (it used to copy a whole
+    feature map per candidate: 11 GB at 1.5 megapixels)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, numpy as np, torch; import keypointlab as kl; "
+        "torch.set_num_threads(1); ex = kl.load_extractor('d2net'); "
+        "img = (np.random.default_rng(0).random((1000, 1000, 3)) * 255).astype(np.uint8); "
+        "n = len(ex.extract(img).keypoints); "
+        "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    n, peak_kb = map(int, out.stdout.split())
+    assert n > 500 and peak_kb < 1_500_000, (n, peak_kb)

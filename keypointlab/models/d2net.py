@@ -90,11 +90,9 @@ def hard_detection(
         keep &= ~banned
     iy, ix = torch.nonzero(keep, as_tuple=True)
     ch = channel[iy, ix]
-    fc = features[ch]  # (N, h, w): each candidate's own channel
 
-    def at(dy: int, dx: int) -> torch.Tensor:
-        idx = torch.arange(len(ch), device=features.device)
-        return fc[idx, iy + dy, ix + dx]
+    def at(dy: int, dx: int) -> torch.Tensor:  # each candidate's own channel, one cell away
+        return features[ch, iy + dy, ix + dx]
 
     v = at(0, 0)
     dii = at(1, 0) - 2 * v + at(-1, 0)
