@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from keypointlab.geometry.groundtruth import HomographyGroundTruth
-from keypointlab.geometry.patches import extract_patches, patch_affines
+from keypointlab.geometry.patches import extract_patches, extract_patches_batched, patch_affines
 
 
 def _image(h: int = 60, w: int = 80, seed: int = 0) -> np.ndarray:
@@ -75,6 +75,20 @@ def test_patches_come_from_their_own_image_in_order():
     far = extract_patches(imgs, torch.tensor([[-50.0, 5.0]]), torch.tensor([4.0]), None, 4)
     assert float(far.abs().max()) == 0.0
     assert extract_patches(imgs, kp[:0], torch.zeros(0), None, 4).shape == (0, 1, 4, 4)
+    # k keypoints per image in one pass: the same patches
+    rnd = torch.rand(3, 2, 30, 40)
+    xy, sup, ang = torch.rand(3, 5, 2) * 30, 4 + 10 * torch.rand(3, 5), torch.randn(3, 5)
+    one = extract_patches_batched(rnd, xy, sup, ang, 6)
+    each = extract_patches(
+        rnd,
+        xy.reshape(-1, 2),
+        sup.flatten(),
+        ang.flatten(),
+        6,
+        torch.arange(3).repeat_interleave(5),
+    )
+    assert one.shape == (3, 5, 2, 6, 6)
+    torch.testing.assert_close(one.flatten(0, 1), each)
 
 
 def test_gradients_flow_to_the_image_the_keypoints_the_support_and_the_orientation():

@@ -51,6 +51,41 @@ def patch_grid(affines: torch.Tensor, size: int) -> torch.Tensor:
     return xy.reshape(-1, size, size, 2)
 
 
+def extract_patches_batched(
+    images: torch.Tensor,
+    keypoints: torch.Tensor,
+    support: torch.Tensor,
+    orientations: torch.Tensor | None = None,
+    size: int = 32,
+) -> torch.Tensor:
+    """:func:`extract_patches` for ``k`` keypoints per image, in one pass: ``images``
+    ``(B, C, H, W)``, ``keypoints`` ``(B, k, 2)``, ``support`` and ``orientations``
+    ``(B, k)`` -> ``(B, k, C, size, size)``."""
+    b, c, h, w = images.shape
+    if keypoints.dim() != 3 or keypoints.shape[0] != b or keypoints.shape[2] != 2:
+        raise ValueError(
+            f"extract_patches_batched: keypoints must be ({b}, k, 2), got {tuple(keypoints.shape)}"
+        )
+    k = keypoints.shape[1]
+    if k == 0:
+        return images.new_zeros((b, 0, c, size, size))
+    flat = patch_affines(
+        keypoints.reshape(-1, 2),
+        support.reshape(-1),
+        None if orientations is None else orientations.reshape(-1),
+        size,
+    )
+    grid = normalize_coords(patch_grid(flat, size), (h, w)).to(images.dtype)
+    out = F.grid_sample(
+        images,
+        grid.reshape(b, k * size, size, 2),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=True,
+    )  # (B, C, k * size, size)
+    return out.reshape(b, c, k, size, size).transpose(1, 2)
+
+
 def extract_patches(
     images: torch.Tensor,
     keypoints: torch.Tensor,
@@ -85,12 +120,20 @@ def extract_patches(
     b, c, h, w = images.shape
     if n == 0:
         return images.new_zeros((0, c, size, size))
+    if batch is not None and (batch.numel() != n or int(batch.min()) < 0 or int(batch.max()) >= b):
+        raise ValueError(f"extract_patches: batch must be {n} image indices below {b}")
+    if batch is None:  # all from image 0: one pass
+        return extract_patches_batched(
+            images[:1],
+            keypoints[None],
+            support.reshape(1, n),
+            None if orientations is None else orientations.reshape(1, n),
+            size,
+        )[0]
     grid = normalize_coords(
         patch_grid(patch_affines(keypoints, support, orientations, size), size), (h, w)
     ).to(images.dtype)
-    index = torch.zeros(n, dtype=torch.long, device=keypoints.device) if batch is None else batch
-    if batch is not None and (batch.numel() != n or int(batch.min()) < 0 or int(batch.max()) >= b):
-        raise ValueError(f"extract_patches: batch must be {n} image indices below {b}")
+    index = batch
     parts = []
     for i in range(b):
         sel = (index == i).nonzero()[:, 0]
