@@ -195,6 +195,12 @@ def test_detect_gives_scales_orientations_and_descriptors():
     kp = det["keypoints"]
     assert kp.min() >= border - 4.5 and kp[:, 0].max() <= 55 - border + 4.5
     assert torch.all(det["scores"][:-1] >= det["scores"][1:])  # best first
+    # the upright single-scale ablation: same keypoints, orientation 0 and scale 1
+    net.conf.update(learned_orientation=False, learned_scale=False)
+    with torch.no_grad():
+        flat, _ = net.detect(image)
+    torch.testing.assert_close(flat["keypoints"], det["keypoints"])
+    assert (flat["orientations"] == 0).all() and (flat["scales"] == ps).all()
 
 
 def test_config_errors_name_the_setting():

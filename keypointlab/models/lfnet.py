@@ -132,6 +132,9 @@ class LFNet(BaseModel):
         "desc_fc": 128,  # reference: 512
         "descriptor_dim": 128,  # reference: 256
         "max_detections": 4096,  # candidates detect() returns (the extractor keeps top-k)
+        # inference ablations: False takes every keypoint upright / at scale 1
+        "learned_orientation": True,
+        "learned_scale": True,
     }
     loss_defaults: dict[str, Any] = lf.DEFAULT_CONF
     tiny_conf: dict[str, Any] = {
@@ -379,6 +382,10 @@ class LFNet(BaseModel):
         xy, score, scale, angle, valid = self.keypoints(out, int(self.conf["max_detections"]))
         keep = valid[0]
         ps = float(self.conf["patch_size"])
+        if not self.conf["learned_orientation"]:
+            angle = torch.zeros_like(angle)
+        if not self.conf["learned_scale"]:
+            scale = torch.ones_like(scale)
         det = {
             "keypoints": xy[0][keep],
             "scores": score[0][keep],
