@@ -54,9 +54,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from keypointlab import limits
 from keypointlab.data.images import list_images, read_images, resize_image, to_gray
 from keypointlab.data.pairs import homography_config
 from keypointlab.data.sources import VALID_BORDER
+from keypointlab.errors import LimitError
 from keypointlab.geometry import HomographyConfig, sample_homography, warp_image_torch, warp_points
 from keypointlab.geometry.homography import resize_matrix
 from keypointlab.io.h5 import safe_key, write_keypoint_group
@@ -225,6 +227,10 @@ def adapt_image(
     ph, pw = (-size[0]) % cell, (-size[1]) % cell
     x = F.pad(x, (0, pw, 0, ph), mode="replicate").to(device)
     padded = tuple(x.shape[-2:])
+    views = min(batch_size, max(1, n_homographies))
+    limits.check_pixels(
+        views * padded[0], padded[1], f"image of size {h0}x{w0}: a batch of {views} views of"
+    )
     Hs = [sample_homography(padded, rng, cfg) for _ in range(max(0, n_homographies - 1))]
     Hs = torch.from_numpy(np.stack(Hs)) if Hs else torch.zeros(0, 3, 3, dtype=torch.float64)
     heat = aggregate_heatmap(net, x, Hs, border=VALID_BORDER, batch_size=batch_size)
@@ -279,8 +285,18 @@ def homographic_adaptation(
 
     Raises:
         FileNotFoundError: ``images_dir`` is missing or has no image files.
+        InputError: a count is out of range (``n_homographies`` 1 to
+            :data:`keypointlab.limits.MAX_HOMOGRAPHIES`, others not negative); an image
+            whose batch of views exceeds the pixel limit is skipped and reported.
     """
     images_dir, out_h5 = Path(images_dir), Path(out_h5)
+    n_homographies = limits.check_count(
+        n_homographies, "num_homographies", 1, limits.MAX_HOMOGRAPHIES, "a network pass each"
+    )
+    max_keypoints = limits.check_count(max_keypoints, "max_keypoints (0: all)", 0)
+    nms_radius = limits.check_count(nms_radius, "nms_radius", 0)
+    max_side = limits.check_count(max_side, "max_side (0: never downscale)", 0)
+    batch_size = limits.check_count(batch_size, "batch_size")
     paths = list_images(images_dir)
     if not paths:
         raise FileNotFoundError(f"{images_dir}: no image files found")
@@ -312,20 +328,24 @@ def homographic_adaptation(
                     continue
                 key = safe_key(path.relative_to(images_dir).as_posix())
                 rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-                kp, scores = adapt_image(
-                    net,
-                    image,
-                    rng,
-                    n_homographies,
-                    cfg,
-                    threshold,
-                    nms_radius,
-                    max_keypoints,
-                    border,
-                    max_side,
-                    device,
-                    batch_size,
-                )
+                try:
+                    kp, scores = adapt_image(
+                        net,
+                        image,
+                        rng,
+                        n_homographies,
+                        cfg,
+                        threshold,
+                        nms_radius,
+                        max_keypoints,
+                        border,
+                        max_side,
+                        device,
+                        batch_size,
+                    )
+                except LimitError as exc:  # e.g. a large image with max_side 0
+                    report.skipped.append((str(path), str(exc)))
+                    continue
                 arrays = {"keypoints": kp, "scores": scores}
                 write_keypoint_group(h5, key, arrays, image.shape[:2])
                 report.written += 1

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keypointlab.errors import KeypointLabError
+from keypointlab import limits
+from keypointlab.errors import InputError, KeypointLabError
 
 if TYPE_CHECKING:
     from keypointlab.features.base import Extractor, Features
@@ -25,6 +27,81 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     OSError,
 )
+BAD_INPUT, INTERNAL_ERROR, INTERRUPTED = 2, 1, 130  # exit statuses (see `main`)
+# Bad input that a library reports with its own type: (module, class, what it is about).
+# Looked up in sys.modules, so none of these is imported just to report an error.
+LIBRARY_ERRORS = (
+    ("cv2", "error", "OpenCV"),
+    ("yaml", "YAMLError", "invalid YAML"),
+    ("safetensors", "SafetensorError", "invalid safetensors file"),
+)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """``MemoryError``, or torch's allocation failures (``RuntimeError`` on the CPU,
+    ``torch.cuda.OutOfMemoryError`` on a GPU)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
+    )
+
+
+def _library_error(exc: BaseException) -> str | None:
+    """The one-line message of a library's bad-input error, ``None`` for other types."""
+    for module, name, what in LIBRARY_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            if module == "cv2" and getattr(exc, "err", None):  # without file, line, version
+                func = str(getattr(exc, "func", ""))
+                where = f" (in {func})" if func and len(func) <= 60 else ""  # not templates
+                err = "\n".join(line.lstrip("> ") for line in str(exc.err).splitlines())
+                return f"{what}: {_one_line(err)}{where}"
+            mark = getattr(exc, "problem_mark", None)
+            if module == "yaml" and getattr(exc, "problem", None) and mark is not None:
+                return f"{what}: {exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+            return f"{what}: {_one_line(exc)}"
+    return None
+
+
+def error_message(exc: BaseException) -> tuple[int, str]:
+    """The exit status and the one line :func:`main` prints for ``exc``.
+
+    Bad input (``BAD_INPUT``): KeypointLab's own errors (:mod:`keypointlab.errors`, whose
+    messages name the input), ``OSError``, ``KeyError``, ``ValueError`` (with JSON and
+    Unicode errors), OpenCV, YAML and safetensors errors, and running out of memory.
+    Anything else is a bug (``INTERNAL_ERROR``): its type and message, and a pointer to
+    ``--debug``.
+    """
+    if _out_of_memory(exc):
+        detail = f" ({_one_line(exc)})" if str(exc) else ""
+        return BAD_INPUT, (
+            f"keypointlab: error: out of memory{detail}: an input is too large for this "
+            "machine (a smaller image, fewer scales or rotations, or a smaller batch)"
+        )
+    library = _library_error(exc)
+    if library is not None:
+        return BAD_INPUT, f"keypointlab: error: {library}"
+    if isinstance(exc, USER_ERRORS):
+        msg = str(exc)
+        if isinstance(exc, KeyError) and not isinstance(exc, KeypointLabError) and exc.args:
+            arg = exc.args[0]  # KeyError('model') is a missing entry, not a sentence
+            msg = str(arg) if isinstance(arg, str) and " " in arg else f"missing entry {arg!r}"
+        elif isinstance(exc, UnicodeError):
+            msg = f"not valid UTF-8 text or file name ({exc})"
+        elif type(exc).__name__ == "JSONDecodeError":
+            msg = f"invalid JSON ({exc})"
+        return BAD_INPUT, f"keypointlab: error: {_one_line(msg) or type(exc).__name__}"
+    detail = f": {_one_line(exc)}" if str(exc) else ""
+    return INTERNAL_ERROR, (
+        f"keypointlab: internal error: {type(exc).__name__}{detail} "
+        "(run with --debug for the traceback)"
+    )
 
 
 def _standard_configs(size: str | None, top_k: int | None) -> list[tuple[str, int]]:
@@ -40,16 +117,74 @@ def _standard_configs(size: str | None, top_k: int | None) -> list[tuple[str, in
 
 
 def _scales(text: str) -> tuple[float, ...]:
-    """``"1.41,1,0.71"`` -> ``(1.41, 1.0, 0.71)`` (argparse type of ``--scales``)."""
+    """``"1.41,1,0.71"`` -> ``(1.41, 1.0, 0.71)`` (argparse type of ``--scales``), within
+    the limits of :func:`keypointlab.limits.check_scales`."""
     try:
         scales = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--scales {text!r}: give numbers like 1.41,1,0.71"
         ) from None
-    if min(scales) <= 0:
-        raise argparse.ArgumentTypeError(f"--scales {text!r}: scales must be positive")
-    return scales
+    try:
+        return limits.check_scales(scales, f"--scales {text!r}")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(
+    flag: str, minimum: int = 1, maximum: int | None = None, why: str = ""
+) -> Callable[[str], int]:
+    """argparse type of a whole-number option: ``minimum`` to ``maximum`` (see
+    :func:`keypointlab.limits.check_count`)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: expected a whole number") from None
+        try:
+            return limits.check_count(value, flag, minimum, maximum, why)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _max_pixels(text: str) -> int:
+    """argparse type of ``--max-pixels`` (``40000000``, ``40e6`` or ``40M``)."""
+    try:
+        return limits.parse_max_pixels(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# Commands that read images take --max-pixels (see keypointlab.limits).
+IMAGE_COMMANDS = ("demo", "evaluate", "train", "extract", "ship", "adapt", "match")
+
+
+def _bounded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``func(args)`` run with ``--max-pixels`` as the pixel limit, if given."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        with limits.override(max_pixels=getattr(args, "max_pixels", None)):
+            return func(args)
+
+    return run
+
+
+def _add_input_limits(p: argparse.ArgumentParser) -> None:
+    """``--max-pixels`` on a command that reads images; its function runs under it."""
+    p.add_argument(
+        "--max-pixels",
+        type=_max_pixels,
+        default=None,
+        metavar="N",
+        help=f"largest image (and network input) in pixels, e.g. 100M (default "
+        f"{limits.DEFAULT_MAX_PIXELS:,}, or ${limits.ENV_MAX_PIXELS}); larger images "
+        "are refused from their header, before decoding",
+    )
+    p.set_defaults(func=_bounded(p.get_default("func")))
 
 
 def _learned_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,7 +203,7 @@ def _add_learned_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--rotations",
-        type=int,
+        type=_count("--rotations", 1, limits.MAX_ROTATIONS, "one network pass per copy"),
         default=1,
         metavar="K",
         help="also run a learned model on the image turned by 360/K degree steps and pool "
@@ -78,6 +213,14 @@ def _add_learned_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from keypointlab.io.outputs import check_output_dir, output_lock
+
+    check_output_dir(args.out, inputs=[args.data])  # before any work
+    with output_lock(args.out):  # a second evaluate into the same folder fails at once
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from keypointlab.data.sequences import load_dataset
     from keypointlab.evaluation.benchmark import evaluate_features, parse_size
     from keypointlab.evaluation.report import markdown_table, write_report
@@ -138,12 +281,28 @@ def _extract_file(extractor: Extractor, path: Path) -> Features:
         return extractor.extract(image)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        raise InputError(
+            f"{path}: out of memory extracting {extractor.name} features of this {h}x{w} "
+            "image (try a smaller image, fewer --scales or --rotations)"
+        ) from exc
 
 
 def cmd_match(args: argparse.Namespace) -> int:
     from keypointlab.api import draw_matches, estimate, load_extractor, match
+    from keypointlab.features.export import check_pair_export
+    from keypointlab.features.h5 import extractor_record
+    from keypointlab.io.outputs import check_output_file
+    from keypointlab.viz.plots import figure_format
 
+    inputs = [args.image0, args.image1]
+    figure_format(check_output_file(args.out, inputs))  # before any work
     extractor = load_extractor(args.features, **_learned_options(args))
+    record = extractor_record(extractor) if args.export else {}
+    if args.export:
+        check_pair_export(args.export, record, inputs)
     f0, f1 = _extract_file(extractor, args.image0), _extract_file(extractor, args.image1)
     matches = match(f0, f1, ratio=args.ratio)
     est = estimate(f0, f1, matches, method=args.estimator)
@@ -159,28 +318,17 @@ def cmd_match(args: argparse.Namespace) -> int:
         print("H_0to1 =\n" + "\n".join(" ".join(f"{v: .6g}" for v in row) for row in est.H))
     print(f"wrote {args.out}")
     if args.export:
-        _export_pair(args, f0, f1, matches)
+        _export_pair(args, f0, f1, matches, record)
     return 0
 
 
-def _export_pair(args: argparse.Namespace, f0, f1, matches) -> None:
+def _export_pair(args: argparse.Namespace, f0, f1, matches, record) -> None:
     """features.h5 and matches.h5 in hloc's layout, keyed by the image file names."""
-    import h5py
-    import numpy as np
+    from keypointlab.features.export import export_pair
 
-    from keypointlab.features.h5 import write_features
-    from keypointlab.io.h5 import write_matches
-
-    args.export.mkdir(parents=True, exist_ok=True)
-    n0, n1 = args.image0.name, args.image1.name
-    with h5py.File(args.export / "features.h5", "a") as h5:
-        write_features(h5, n0, f0)
-        write_features(h5, n1, f1)
-    matches0 = np.full(len(f0), -1, dtype=np.int32)
-    matches0[matches[:, 0]] = matches[:, 1]
-    with h5py.File(args.export / "matches.h5", "a") as h5:
-        write_matches(h5, n0, n1, matches0)
-    print(f"wrote {args.export / 'features.h5'} and {args.export / 'matches.h5'} (hloc layout)")
+    names = (args.image0.name, args.image1.name)
+    paths = export_pair(args.export, names, (f0, f1), matches, record)
+    print(f"wrote {paths[0]} and {paths[1]} (hloc layout)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -217,13 +365,11 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from keypointlab.evaluation.benchmark import parse_size
     from keypointlab.features import get_extractor
     from keypointlab.features.onnx import export_onnx
+    from keypointlab.io.outputs import check_output_file
 
     size = parse_size(args.size)
-    path = export_onnx(
-        get_extractor(args.name),
-        args.out or Path(f"{Path(args.name).stem}.onnx"),
-        size=size or (240, 320),
-    )
+    out = check_output_file(args.out or Path(f"{Path(args.name).stem}.onnx"))  # before loading
+    path = export_onnx(get_extractor(args.name), out, size=size or (240, 320))
     print(
         f"wrote {path} (input 'image' (1, 3, H, W) in [0, 1]; outputs keypoints, scores, "
         "descriptors per cell)"
@@ -240,8 +386,11 @@ def cmd_ship(args: argparse.Namespace) -> int:
     for item in args.model_option:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--model-option {item!r}: expected KEY=VALUE")
-        options[key] = yaml.safe_load(value)
+            raise InputError(f"--model-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise InputError(f"--model-option {item!r}: invalid YAML ({_one_line(exc)})") from None
     card = ship_model(
         args.run, args.name, args.eval_data, note=args.note, scales=args.scales,
         model_options=options, weights_of=args.weights_of, force=args.force,
@@ -278,7 +427,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from keypointlab.demo import run_demo
+    from keypointlab.io.outputs import check_output_dir
 
+    check_output_dir(args.out)  # before any work
     run_demo(args.out, features=args.features, progress=not args.quiet)
     return 0
 
@@ -289,7 +440,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learn, evaluate and use local image features. "
         "With no command, runs the demo benchmark.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging (errors stay one line)"
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error instead of one line (for bug reports); "
+        "implies --verbose",
+    )
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("demo", help="sample benchmark of the available features (default)")
@@ -318,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--top-k",
-        type=int,
+        type=_count("--top-k"),
         default=None,
         help="keypoints kept per image (default 300, or 1000 at 480x640 and above)",
     )
@@ -338,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", type=Path, help="folder of images (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="output .h5 (hloc layout)")
     p.add_argument("--features", default="sift", help="feature name or checkpoint path")
-    p.add_argument("--max-keypoints", type=int, default=2000)
+    p.add_argument("--max-keypoints", type=_count("--max-keypoints"), default=2000)
     p.add_argument("--resume", action="store_true", help="keep images already extracted")
     _add_learned_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -382,11 +541,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="magicpoint/superpoint checkpoint or run folder")
     p.add_argument("images", type=Path, help="folder of images (searched recursively)")
     p.add_argument("--out", type=Path, required=True, help="output labels .h5")
-    p.add_argument("--num-homographies", type=int, default=20, help="views per image (paper: 100)")
+    p.add_argument(
+        "--num-homographies",
+        type=_count("--num-homographies", 1, limits.MAX_HOMOGRAPHIES, "a network pass each"),
+        default=20,
+        help="views per image (paper: 100)",
+    )
     p.add_argument("--threshold", type=float, default=0.015, help="smallest aggregated score")
-    p.add_argument("--nms-radius", type=int, default=4)
-    p.add_argument("--max-keypoints", type=int, default=1000, help="per image (0: all)")
-    p.add_argument("--max-side", type=int, default=320, help="downscale longer sides to this")
+    p.add_argument("--nms-radius", type=_count("--nms-radius", 0), default=4)
+    p.add_argument(
+        "--max-keypoints",
+        type=_count("--max-keypoints", 0),
+        default=1000,
+        help="per image (0: all)",
+    )
+    p.add_argument(
+        "--max-side",
+        type=_count("--max-side", 0),
+        default=320,
+        help="downscale longer sides to this (0: never)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -407,13 +581,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_learned_options(p)
     p.set_defaults(func=cmd_match)
+    for name in IMAGE_COMMANDS:
+        _add_input_limits(sub.choices[name])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for bad input, with a one-line message)."""
+    """Entry point; returns the exit status.
+
+    ``0`` on success; ``2`` for bad input (a file, option, config, image, features file,
+    checkpoint or device that cannot be used, or an input too large for memory): one line
+    ``keypointlab: error: MESSAGE`` naming the input, as for argparse's usage errors; ``1``
+    for an internal error (a bug): one line with its type and message and a pointer to
+    ``--debug``; ``130`` when interrupted (Ctrl-C). No traceback is printed unless
+    ``--debug`` is given, which re-raises the exception; ``--verbose`` only turns on
+    debug logging. Both may come before or after the command. :func:`error_message`
+    says which exception types count as bad input.
+    """
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    for flag, dest in (("--debug", "debug"), ("--verbose", "verbose"), ("-v", "verbose")):
+        if flag in extra:  # a global flag after the command: `keypointlab extract ... --debug`
+            extra = [e for e in extra if e != flag]
+            setattr(args, dest, True)
     # `train CONFIG --resume key=value`: argparse ends the positional list at the option
     if extra and getattr(args, "command", None) == "train":
         overrides = [e for e in extra if "=" in e and not e.startswith("-")]
@@ -421,20 +611,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = [e for e in extra if e not in overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if args.command is None:
-        args = parser.parse_args(["demo", *(argv or [])])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # --verbose: KeypointLab's debug messages, not every library's
+    logger.setLevel(logging.DEBUG if args.verbose or args.debug else logging.NOTSET)
+    if args.command is None:  # only global flags were given: the demo, keeping them
+        args = parser.parse_args(["demo"], namespace=args)
     try:
+        if getattr(args, "device", None) is not None:  # once, before any work
+            from keypointlab.devices import check_device
+
+            check_device(args.device, "--device")
         return args.func(args)
-    except USER_ERRORS as exc:
-        if args.verbose:
+    except KeyboardInterrupt:
+        if args.debug:
             raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"keypointlab: error: {msg}", file=sys.stderr)
-        return 2
+        print("keypointlab: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        status, line = error_message(exc)
+        print(line, file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

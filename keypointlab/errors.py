@@ -24,3 +24,8 @@ class LimitError(InputError):
 class OutputError(KeypointLabError, OSError):
     """An output path cannot be written safely (it is an input, a folder, locked by
     another run, or not writable); raised before any work is done."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An argument of the Python API of the wrong type (``load_extractor(None)``); also a
+    ``TypeError``, as Python's own functions raise."""

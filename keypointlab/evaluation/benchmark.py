@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from keypointlab import limits
 from keypointlab.data.images import ImageReadError, read_image, resize_image
 from keypointlab.data.sequences import Sequence, Skipped
+from keypointlab.errors import LimitError
 from keypointlab.evaluation import metrics as M
 from keypointlab.features.base import Extractor, Features
 from keypointlab.features.h5 import FeatureFileError, FeatureFileExtractor
@@ -116,6 +118,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
         ) from exc
     if h < 16 or w < 16:
         raise ValueError(f"size {text!r}: each side must be at least 16 pixels")
+    limits.check_pixels(h, w, f"size {text!r}")
     return h, w
 
 
@@ -191,9 +194,11 @@ def evaluate_features(
 ) -> BenchmarkResult:
     """Evaluate one extractor on every pair of ``sequences`` at ``size`` (None = original).
 
-    Unreadable images and missing features skip the pairs they belong to; the result lists
-    them in ``skipped`` beside those passed in.
+    Unreadable images, images above the limits of :mod:`keypointlab.limits` and missing
+    features skip the pairs they belong to; the result lists them in ``skipped`` beside
+    those passed in.
     """
+    top_k = limits.check_count(top_k, "top-k")
     result = BenchmarkResult(extractor.name, size_label(size), top_k, skipped=list(skipped or []))
     n_pairs = sum(len(s.pairs()) for s in sequences)
     bar = tqdm(
@@ -208,7 +213,7 @@ def evaluate_features(
             bar.update(1)
             try:
                 f1, f2 = feats.get(a), feats.get(b)
-            except (ImageReadError, FeatureFileError) as exc:
+            except (ImageReadError, FeatureFileError, LimitError) as exc:
                 result.skipped.append(Skipped(f"{seq.name} {a}-{b}", str(exc)))
                 logger.warning("skipped %s %d-%d: %s", seq.name, a, b, exc)
                 continue

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from keypointlab.evaluation.benchmark import SPLITS, BenchmarkResult
+from keypointlab.io.outputs import atomic_output, check_output_dir
 from keypointlab.viz import mma_figure, save_figure, sequence_bars_figure
 
 COLUMNS = [
@@ -27,11 +27,12 @@ COLUMNS = [
 
 
 def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file, so no half file ever appears."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` through a temporary file of this writer's own
+    (:func:`~keypointlab.io.outputs.atomic_output`), so no half file ever appears, two
+    writers never share a temporary file, and a failure leaves nothing behind."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
     return path
 
 
@@ -107,8 +108,11 @@ def write_report(
 
     Returns:
         name -> path of every file written.
+
+    Raises:
+        OutputError: ``out_dir`` is a file or cannot be written.
     """
-    out = Path(out_dir)
+    out = check_output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     files["json"] = write_atomic(

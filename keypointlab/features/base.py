@@ -5,10 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from keypointlab import limits
 from keypointlab.data.images import read_image, to_rgb_uint8
 
 ImageInput = str | Path | np.ndarray | torch.Tensor
@@ -81,7 +83,13 @@ class Features:
         )
 
     def top_k(self, k: int | None) -> Features:
-        """The ``k`` best by score; ties keep the extractor's order (stable sort)."""
+        """The ``k`` best by score; ties keep the extractor's order (stable sort).
+
+        Raises:
+            InputError: ``k`` is not a whole number >= 1 (None keeps all).
+        """
+        if k is not None:
+            k = limits.check_count(k, "top-k")
         if k is None or len(self) <= k:
             order = np.argsort(-self.scores, kind="stable")
         else:
@@ -103,6 +111,12 @@ def as_rgb_uint8(image: ImageInput) -> np.ndarray:
     Accepts a file path, a numpy array (grey ``(H, W)``, RGB or RGBA ``(H, W, C)``;
     uint8, uint16, or float in ``[0, 1]``) or a torch tensor (``(H, W)``, ``(C, H, W)`` or
     ``(1, C, H, W)``, float in ``[0, 1]`` or uint8).
+
+    Raises:
+        ImageReadError: an unreadable file, an unsupported shape or dtype, NaN/inf, or a
+            float image with values well outside ``[0, 1]`` (0..255 floats: divide by
+            255); an :class:`~keypointlab.errors.InputError`.
+        ImageTooLargeError: more pixels than :func:`keypointlab.limits.max_pixels`.
     """
     if isinstance(image, (str, Path)):
         return read_image(image)
@@ -134,6 +148,12 @@ class Extractor(ABC):
     def extract_path(self, path: str | Path) -> Features:
         """Features of an image file."""
         return self._extract(read_image(path))
+
+    def identity(self) -> dict[str, Any]:
+        """What makes this extractor's output what it is (JSON-able): its name and class,
+        and in subclasses its settings and a hash of its weights. Stored in feature files
+        so that ``extract --resume`` never mixes two extractors in one file."""
+        return {"name": self.name, "class": f"{type(self).__module__}.{type(self).__qualname__}"}
 
     @abstractmethod
     def _extract(self, image: np.ndarray) -> Features:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
 
+from keypointlab import limits
 from keypointlab.data.images import to_gray
 from keypointlab.features.base import Extractor, Features
 
@@ -46,8 +48,11 @@ class OpenCVExtractor(Extractor):
             raise KeyError(f"unknown OpenCV feature {name!r}; known: {sorted(_OPENCV)}")
         factory, self.binary = _OPENCV[name]
         self.name = name
-        self.max_keypoints = max_keypoints
+        self.max_keypoints = limits.check_count(max_keypoints, "max_keypoints")
         self._detector = factory(max_keypoints)
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "max_keypoints": self.max_keypoints}
 
     def _extract(self, image: np.ndarray) -> Features:
         gray = to_gray(image)

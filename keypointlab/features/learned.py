@@ -11,7 +11,10 @@ networks (``scores``, ``keypoints``, ``descriptors`` maps) are wrapped by
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from keypointlab import limits
 from keypointlab.features.base import Extractor, Features
 from keypointlab.geometry import rotation_canvas, warp_points
 from keypointlab.geometry.homography import resize_matrix
@@ -68,20 +72,29 @@ class LearnedExtractor(Extractor):
         scales: tuple[float, ...] = (1.0,),
         rotations: int = 1,
     ) -> None:
+        self.max_keypoints = limits.check_count(max_keypoints, "max_keypoints")
+        self.scales = limits.check_scales(scales)
+        self.rotations = limits.check_rotations(rotations)
         self.net = as_sparse_model(net, stride or 8).to(device).eval()
-        self.max_keypoints = max_keypoints
         self.stride = int(stride or self.net.input_multiple())
         self.device = torch.device(device)
         self.min_size = min_size
-        self.scales = tuple(float(s) for s in scales)
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales must be positive numbers, got {scales}")
-        if int(rotations) != rotations or rotations < 1:
-            raise ValueError(f"rotations must be an integer >= 1, got {rotations}")
-        self.rotations = int(rotations)
         self.name = name if self.scales == (1.0,) else f"{name}@{scales_label(self.scales)}"
         if self.rotations > 1:
             self.name += f"+rot{self.rotations}"
+
+    def identity(self) -> dict[str, Any]:
+        """Name, settings, the network's class and config, and a SHA-256 of its weights."""
+        return {
+            **super().identity(),
+            "max_keypoints": self.max_keypoints,
+            "scales": list(self.scales),
+            "rotations": self.rotations,
+            "stride": self.stride,
+            "model": f"{type(self.net).__module__}.{type(self.net).__qualname__}",
+            "model_conf": json.loads(json.dumps(getattr(self.net, "conf", {}), default=str)),
+            "weights_sha256": weights_sha256(self.net),
+        }
 
     def _tensor(self, image: np.ndarray) -> torch.Tensor:
         """``image`` as ``(1, 3, H, W)`` float in ``[0, 1]``, padded to the stride."""
@@ -128,8 +141,27 @@ class LearnedExtractor(Extractor):
             out["orientations"] = out["orientations"] + angle
         return out
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """Refuse an image whose largest network input (the image at the largest scale,
+        or its rotated canvas) is above :func:`keypointlab.limits.max_pixels`; checked
+        before any pass runs.
+
+        Raises:
+            LimitError: names the image size, the scale and the limit.
+        """
+        s = max(self.scales)
+        size = (round(height * s), round(width * s))
+        what = f"image of size {height}x{width} at scale {s:g}: network input"
+        for k in range(1, self.rotations):
+            _, canvas = rotation_canvas(size, 2 * np.pi * k / self.rotations)
+            if canvas[0] * canvas[1] > size[0] * size[1]:
+                size = canvas
+                what = f"image of size {height}x{width} at scale {s:g}, rotated: network input"
+        limits.check_pixels(*size, what)
+
     def _extract(self, image: np.ndarray) -> Features:
         h, w = image.shape[:2]
+        self.check_input_size(h, w)
         parts = []
         for s in self.scales:
             size = (round(h * s), round(w * s))
@@ -168,6 +200,17 @@ def _best(out: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
     """The ``k`` best entries by score (stable: ties keep their order)."""
     order = torch.argsort(out["scores"], descending=True, stable=True)[:k]
     return {name: v[order] for name, v in out.items()}
+
+
+def weights_sha256(net: nn.Module) -> str:
+    """SHA-256 of a module's state (parameters and buffers: names, dtypes, shapes, bytes),
+    the same for the same weights whatever file or device they came from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def scales_label(scales: tuple[float, ...]) -> str:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from keypointlab.features.learned import OPTIONAL, LearnedExtractor
+from keypointlab.io.outputs import atomic_output, check_output_file
 from keypointlab.models.base import BaseModel
 
 
@@ -44,29 +45,29 @@ def export_onnx(
 
     Raises:
         ValueError: ``extractor`` is not a learned dense extractor.
+        OutputError: ``path`` is a folder or cannot be written (checked before exporting;
+            a failed export leaves no file behind).
     """
+    path = check_output_file(path)
     if not isinstance(extractor, LearnedExtractor):
         raise ValueError(f"only learned extractors can be exported to ONNX, not {extractor.name!r}")
     net = extractor.net.cpu()
     if not net.onnx_export:
         raise ValueError(f"{extractor.name!r}: this model does not export to ONNX")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.rand(1, 3, *size)
     with torch.inference_mode():
         optional = tuple(k for k in OPTIONAL if k in net.eval().detect(dummy)[0])
     wrapper = _ExportWrapper(net, optional).eval()  # export restores the wrapper mode
     names = ["keypoints", "scores", "descriptors", *optional]
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.onnx.export(
-        wrapper,
-        (dummy,),
-        str(tmp),
-        input_names=["image"],
-        output_names=names,
-        dynamic_axes={"image": {2: "height", 3: "width"}, **{k: {0: "n"} for k in names}},
-        opset_version=opset,
-        dynamo=False,
-    )
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        torch.onnx.export(
+            wrapper,
+            (dummy,),
+            str(tmp),
+            input_names=["image"],
+            output_names=names,
+            dynamic_axes={"image": {2: "height", 3: "width"}, **{k: {0: "n"} for k in names}},
+            opset_version=opset,
+            dynamo=False,
+        )
     return path

@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from keypointlab import limits
+from keypointlab.errors import InputError
+
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
@@ -46,8 +49,16 @@ def match_nn(
     Returns:
         ``matches0`` of shape ``(N0,)`` or ``(B, N0)``, int64, ``-1`` for unmatched.
         Ties go to the lowest index.
+
+    Raises:
+        InputError: a descriptor holds NaN or infinity (it has no nearest neighbour), or
+            ``ratio`` is not in ``(0, 1]``.
     """
+    if ratio is not None and not 0 < ratio <= 1:
+        raise InputError(f"ratio {ratio}: Lowe's ratio test takes a number in (0, 1]")
     d0, d1 = _as_tensor(desc0), _as_tensor(desc1)
+    limits.check_finite(d0, "descriptors of image 0")
+    limits.check_finite(d1, "descriptors of image 1")
     dtype = torch.promote_types(d0.dtype, d1.dtype)
     if not dtype.is_floating_point:
         dtype = torch.float32

@@ -20,11 +20,27 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from keypointlab.config import deep_update, load_yaml, merge, parse_overrides
+from keypointlab.config import (
+    ConfigError,
+    check_config_tree,
+    deep_update,
+    load_yaml,
+    merge,
+    parse_overrides,
+)
 from keypointlab.data.pairs import IndexSampler
 from keypointlab.data.sources import build_dataset
-from keypointlab.io.checkpoint import load_latest, save_checkpoint
-from keypointlab.models.base import METHODS, build_model, get_method
+from keypointlab.devices import check_device
+from keypointlab.io.checkpoint import (
+    RESUME_ENTRIES,
+    CheckpointError,
+    CheckpointMismatchError,
+    load_latest,
+    save_checkpoint,
+    state_dict_problems,
+)
+from keypointlab.models.base import METHODS, BaseModel, build_model, get_method
+from keypointlab.registry import RegistryError
 from keypointlab.training.optim import (
     Stage,
     build_stage_optimizer,
@@ -111,11 +127,19 @@ DEFAULT_CONFIG: dict[str, Any] = {
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Defaults, then the YAML file (with its ``base:`` chain), then ``key=value`` overrides;
-    unknown keys anywhere raise :class:`ConfigError` naming the key."""
+    """Defaults, then the YAML file (with its ``base:`` chain), then ``key=value`` overrides.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type, an unknown method, invalid
+            YAML (naming the file or the override), a ``base:`` chain that loops.
+        keypointlab.errors.LimitError: the file, or the config once YAML aliases are
+            expanded, is over a limit of :mod:`keypointlab.config` (refused before it is
+            built, so a "billion laughs" costs nothing).
+    """
     raw = deep_update(load_yaml(path) if path else {}, parse_overrides(overrides or []))
+    check_config_tree(raw, str(path) if path else "the overrides")  # file, base: and overrides
     conf = merge(DEFAULT_CONFIG, raw)
-    method = get_method(conf["method"])
+    method = _method_class(conf["method"])
     conf["model"] = merge(method.default_conf, conf["model"], "model.")
     conf["loss"] = merge(method.loss_defaults, conf["loss"], "loss.")
     t = conf["train"]
@@ -124,6 +148,38 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     conf["optim"] = optim_config({**shorthand, **conf["optim"]})
     resolve_stages(t["stages"], t["steps"])  # fail now on a bad stage list
     return conf
+
+
+def _method_class(name: str) -> type[BaseModel]:
+    """The model class of config key ``method``; anything else is a :class:`ConfigError`."""
+    try:
+        method = get_method(name)
+    except RegistryError as exc:
+        raise ConfigError(f"config key 'method': {exc}") from exc
+    if not (isinstance(method, type) and issubclass(method, BaseModel)):
+        raise ConfigError(f"config key 'method': {name!r} is not a model class")
+    return method
+
+
+def _flatten(conf: dict[str, Any], prefix: str = "model.") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in conf.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _model_diff(run: dict[str, Any], here: dict[str, Any], limit: int = 3) -> str:
+    """``"; the run has model.width=8, this config 16"`` for the first model keys that
+    differ between a run's config and this one (``""`` when none do)."""
+    a, b = _flatten(run), _flatten(here)
+    keys = [k for k in sorted(a.keys() | b.keys()) if k in a and k in b and a[k] != b[k]]
+    if not keys:
+        return ""
+    pairs = ", ".join(f"{k}={a[k]!r:.60} (this config: {b[k]!r:.60})" for k in keys[:limit])
+    return f"; the run was trained with {pairs}"
 
 
 def _dist_info() -> tuple[int, int]:
@@ -135,7 +191,7 @@ def _dist_info() -> tuple[int, int]:
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     """Initialise the process group when launched by ``torchrun`` (``WORLD_SIZE > 1``)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = torch.device(device)
+    dev = check_device(device, "train.device")
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
@@ -281,20 +337,66 @@ class Trainer:
         return save_checkpoint(self._state(), self.out, self.step, t["keep_checkpoints"])
 
     def _resume(self) -> None:
-        found = load_latest(self.out, expected_method=self.conf["method"])
+        """Continue from the newest checkpoint in ``train.out`` that loads.
+
+        A folder without any checkpoint starts from scratch, with a warning (nothing was
+        lost: there was nothing to resume). A folder whose checkpoints are all refused
+        (truncated, corrupt, not KeypointLab's) is a :class:`CheckpointError` listing each
+        and why: starting over would silently throw the run away, so the user decides
+        (delete them, or train without ``--resume`` into another ``train.out``). A
+        checkpoint of another method, or whose weights do not fit the configured model
+        (another model size), is a :class:`CheckpointError` naming the run and the key.
+        """
+        try:
+            found = load_latest(self.out, expected_method=self.conf["method"])
+        except CheckpointMismatchError:
+            raise
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"{exc}. --resume stops here: delete those checkpoints, or train without "
+                "--resume into another train.out, to start from scratch"
+            ) from exc
         if found is None:
-            logger.info("no checkpoint in %s: starting from scratch", self.out)
+            logger.warning("--resume: no checkpoint in %s: starting from scratch", self.out)
             return
-        path, state = found
+        self._load_state(*found)
+
+    def _load_state(self, path: Path, state: dict[str, Any]) -> None:
+        """Model, optimiser, step, time and RNG of a checked checkpoint (``load_checkpoint``)."""
+        missing = [k for k in RESUME_ENTRIES if k not in state]
+        if missing:
+            raise CheckpointError(
+                f"{path}: cannot resume from it: no {', '.join(map(repr, missing))} entries "
+                "(the trainer writes them)"
+            )
+        problems = state_dict_problems(self.step_module.model.state_dict(), state["model"])
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CheckpointError(
+                f"{path}: run {self.out} does not fit the configured model: {problems[0]}"
+                f"{more}{_model_diff(state['config'].get('model', {}), self.conf['model'])}; "
+                f"resume with the run's own settings ({self.out / 'config.json'}) or train "
+                "into another train.out"
+            )
         self.step_module.model.load_state_dict(state["model"])
-        self.step = int(state["step"])
+        self.step = state["step"]
         stage = stage_at(self.stages, min(self.step, self.stages[-1].end - 1))[1]
-        if int(state.get("stage", 0)) == stage.index:  # else: a new stage starts here
+        if state.get("stage", 0) == stage.index:  # else: a new stage starts here
             self._enter_stage(stage)
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise CheckpointError(
+                    f"{path}: its optimizer state does not fit the configured optimizer "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    "was the optim section changed?"
+                ) from exc
         self.train_seconds = float(state["train_seconds"])
         self._best = state.get("best_validation")  # best.pt is only replaced by a better one
-        torch.set_rng_state(state["torch_rng"])
+        try:
+            torch.set_rng_state(state["torch_rng"])
+        except (TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: its torch_rng entry is not an RNG state") from exc
         logger.info("resumed from %s at step %d", path, self.step)
 
     # -- logging ----------------------------------------------------------------

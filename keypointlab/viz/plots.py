@@ -6,23 +6,43 @@ state is involved.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from keypointlab.errors import OutputError
 from keypointlab.geometry import image_corners, warp_points
+from keypointlab.io.outputs import atomic_output, check_output_file
+
+
+def figure_format(path: str | Path) -> str:
+    """The image format of ``path``'s suffix (``png`` when it has none).
+
+    Raises:
+        OutputError: matplotlib cannot write that format.
+    """
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    supported = Figure().canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise OutputError(
+            f"{path}: cannot write a figure as {fmt!r}; use one of {', '.join(sorted(supported))}"
+        )
+    return fmt
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    os.replace(tmp, path)
+    """Write ``fig`` atomically (a temporary file of its own renamed into place; removed
+    if writing fails).
+
+    Raises:
+        OutputError: ``path`` is a folder, or its suffix is not an image format.
+    """
+    path = check_output_file(path)
+    fmt = figure_format(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=fmt)
     return path
 
 
