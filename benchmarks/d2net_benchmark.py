@@ -126,15 +126,17 @@ def extractor(spec: str, **kwargs):
     return get_extractor(name, **kwargs)
 
 
-def timings(names: list[str], sequences: list, repeats: int) -> dict[str, float]:
-    """Median extraction seconds per 480x640 image of each feature."""
+def timings(names: list[str], sequences: list, repeats: int, build=None) -> dict[str, float]:
+    """Median extraction seconds per 480x640 image of each feature (``build(name,
+    max_keypoints=...)`` makes its extractor; default :func:`extractor`)."""
+    build = build or extractor
     images = [
         cv2.resize(read_image(s.images[1]), (640, 480), interpolation=cv2.INTER_AREA)
         for s in sequences
     ]
     out = {}
     for name in names:
-        ex = extractor(name, max_keypoints=1000)
+        ex = build(name, max_keypoints=1000)
         ex.extract(images[0])  # warm-up
         times = []
         for _ in range(repeats):

@@ -35,6 +35,7 @@ import torch
 from matplotlib.figure import Figure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from d2net_benchmark import timings  # noqa: E402
 from rotation_benchmark import make_pairs  # noqa: E402
 
 from keypointlab.data.images import read_image  # noqa: E402
@@ -129,25 +130,6 @@ def curve_figure(rows: dict, xs: list, xlabel: str, title: str) -> Figure:
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
     return fig
-
-
-def timings(specs: list[str], sequences: list, repeats: int) -> dict[str, float]:
-    images = [
-        cv2.resize(read_image(s.images[1]), (640, 480), interpolation=cv2.INTER_AREA)
-        for s in sequences
-    ]
-    out = {}
-    for spec in specs:
-        ex = extractor(spec, max_keypoints=1000)
-        ex.extract(images[0])
-        times = []
-        for _ in range(repeats):
-            for im in images:
-                t0 = time.perf_counter()
-                ex.extract(im)
-                times.append(time.perf_counter() - t0)
-        out[ex.name] = float(np.median(times))
-    return out
 
 
 def main() -> None:
@@ -250,7 +232,7 @@ def main() -> None:
                     f"{p.corner_error:.1f} |"
                 )
     record["boat"] = boat
-    t = timings(args.timing, sequences, args.repeats)
+    t = timings(args.timing, sequences, args.repeats, extractor)
     record["seconds_per_image_480x640"] = t
     md += [
         "",

@@ -117,7 +117,7 @@ def extract_patches(
         raise ValueError(f"extract_patches: support and orientations need {n} values each")
     if size < 1:
         raise ValueError(f"extract_patches: size must be positive, got {size}")
-    b, c, h, w = images.shape
+    b, c = images.shape[:2]
     if n == 0:
         return images.new_zeros((0, c, size, size))
     if batch is not None and (batch.numel() != n or int(batch.min()) < 0 or int(batch.max()) >= b):
@@ -130,20 +130,19 @@ def extract_patches(
             None if orientations is None else orientations.reshape(1, n),
             size,
         )[0]
-    grid = normalize_coords(
-        patch_grid(patch_affines(keypoints, support, orientations, size), size), (h, w)
-    ).to(images.dtype)
-    index = batch
+    support, orientations = (
+        support.reshape(n),
+        None if orientations is None else orientations.reshape(n),
+    )
     parts = []
-    for i in range(b):
-        sel = (index == i).nonzero()[:, 0]
-        if len(sel) == 0:
-            continue
-        g = grid[sel].reshape(1, len(sel) * size, size, 2)
-        p = F.grid_sample(
-            images[i : i + 1], g, mode="bilinear", padding_mode="zeros", align_corners=True
-        )
-        parts.append((sel, p.reshape(c, len(sel), size, size).transpose(0, 1)))
+    for i in range(b):  # each image's keypoints in one pass
+        sel = (batch == i).nonzero()[:, 0]
+        if len(sel):
+            turn = None if orientations is None else orientations[sel][None]
+            patches = extract_patches_batched(
+                images[i : i + 1], keypoints[sel][None], support[sel][None], turn, size
+            )
+            parts.append((sel, patches[0]))
     return torch.cat([p for _, p in parts]).index_select(
         0, torch.argsort(torch.cat([s for s, _ in parts]))
     )
