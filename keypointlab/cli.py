@@ -243,10 +243,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                     extractor, sequences, parse_size(size), top_k, skipped, progress=not args.quiet
                 )
             )
-    meta = {"data": str(args.data), "sequences": len(sequences)}
-    files = write_report(results, args.out, meta=meta)
     evaluated = any(r.pairs for r in results)
-    if evaluated:  # a table of zeros would read as a result
+    if evaluated:  # a table of zeros would read as a result, on screen and on disk
+        meta = {"data": str(args.data), "sequences": len(sequences)}
+        files = write_report(results, args.out, meta=meta)
         print(markdown_table(results))
     for r in results:
         if r.skipped:
@@ -256,8 +256,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             break
     if not evaluated:
         raise ValueError(
-            f"{args.data}: no pair could be evaluated; what was skipped and why is listed "
-            f"above and in {files['markdown']}"
+            f"{args.data}: no pair could be evaluated (what was skipped and why is listed "
+            f"above); no report written to {args.out}"
         )
     print(f"\nreport: {files['markdown']}\nresults: {files['json']}")
     return 0

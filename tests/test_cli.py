@@ -314,7 +314,8 @@ def test_evaluate_sequence_without_homographies_next_to_good_one(
 def test_evaluate_only_unusable_sequences_is_an_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Nothing evaluable must not produce a table of zeros with exit code 0."""
+    """Nothing evaluable must not produce a table of zeros: not with exit code 0, and not
+    on disk either (a results.json of zeros would read as a result)."""
     data = tmp_path / "data"
     _write_sequence(data / "v_noh", "v", with_h=False)
     out = tmp_path / "report"
@@ -322,7 +323,8 @@ def test_evaluate_only_unusable_sequences_is_an_error(
                             "--size", "240x320", "--out", out, "--quiet")  # fmt: skip
     assert_one_error(code, err, str(data), "no pair could be evaluated")
     assert "v_noh" in stdout and "| method |" not in stdout
-    assert "v_noh" in (out / "report.md").read_text()
+    assert f"no report written to {out}" in err
+    assert not out.exists() and list(tmp_path.glob(".report*")) == []
 
 
 def test_evaluate_unreadable_and_truncated_images_skip_their_pairs(

@@ -644,6 +644,7 @@ def test_evaluate_with_broken_groups_reports_each_and_exits_2(
                             tmp_path / "report", "--quiet")  # fmt: skip
     assert_one_error(code, err, "no pair could be evaluated")
     assert "group 'v_tex/1.png', dataset 'keypoints' holds string values" in stdout
+    assert not (tmp_path / "report").exists()  # no report of zeros that reads as a result
 
 
 # ---------------------------------------------------------------------------- fuzz
