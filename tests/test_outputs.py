@@ -647,6 +647,18 @@ def test_evaluate_with_broken_groups_reports_each_and_exits_2(
     assert not (tmp_path / "report").exists()  # no report of zeros that reads as a result
 
 
+def test_a_method_without_evaluated_pairs_shows_no_zeros_in_the_table() -> None:
+    """Beside a method that was evaluated, one whose pairs were all skipped gets n/a, not a
+    row of zeros that reads as a result."""
+    from keypointlab.evaluation.benchmark import BenchmarkResult
+    from keypointlab.evaluation.report import markdown_table
+
+    table = markdown_table([BenchmarkResult("none", "240x320", 300)]).splitlines()
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[:3] == ["none", "240x320", "300"]
+    assert cells[3:11] == ["n/a"] * 8 and cells[11:13] == ["0", "0"]
+
+
 # ---------------------------------------------------------------------------- fuzz
 
 DTYPES = st.sampled_from(

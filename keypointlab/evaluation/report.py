@@ -44,7 +44,11 @@ def markdown_table(results: list[BenchmarkResult], split: str | None = None) -> 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         s = r.summary(split)
-        row = [r.method, r.size, str(r.top_k)] + [fmt.format(s[k]) for k, _, fmt in COLUMNS]
+        empty = not s["pairs"]  # no pair evaluated: its zeros are not a result
+        row = [r.method, r.size, str(r.top_k)] + [
+            "n/a" if empty and k not in ("pairs", "pairs_without_keypoints") else fmt.format(s[k])
+            for k, _, fmt in COLUMNS
+        ]
         if split is None:
             row += [
                 f"{1000 * s['extraction_time_per_image']:.1f}",
