@@ -52,11 +52,19 @@ ZOOMS = (1.0, 1.5, 2.0, 2.5, 3.0)
 FEATURES = ("lfnet", "lfnet-upright", "sift", "orb", "kp2d", "kp2d+rot8")
 
 
+ABLATIONS = {  # name -> (shipped model, model settings changed at inference)
+    "lfnet-upright": ("lfnet", {"learned_orientation": False, "learned_scale": False}),
+    "lift-upright": ("lift", {"learned_orientation": False}),
+    "lift-siftdet": ("lift", {"detector": "sift"}),
+}
+
+
 def extractor(spec: str, **kwargs):
-    if spec == "lfnet-upright":
-        ex = get_extractor("lfnet", **kwargs)
-        ex.net.conf.update(learned_orientation=False, learned_scale=False)
-        ex.name = "lfnet-upright"
+    if spec in ABLATIONS:
+        model, settings = ABLATIONS[spec]
+        ex = get_extractor(model, **kwargs)
+        ex.net.conf.update(settings)
+        ex.name = spec
         return ex
     if spec.endswith("+rot8"):
         return get_extractor(spec[: -len("+rot8")], rotations=8, **kwargs)
@@ -92,8 +100,10 @@ def orientation_errors(ex, sequences, radius: float = 3.0) -> np.ndarray:
     for seq in sequences:
         for (i, j), H in seq.pairs():
             f1 = ex.extract(read_image(seq.images[i]))
+            if f1.orientations is None:
+                return np.zeros(0)  # a feature without orientations
             f2 = ex.extract(read_image(seq.images[j]))
-            if f1.orientations is None or not len(f1.keypoints) or not len(f2.keypoints):
+            if not len(f1.keypoints) or not len(f2.keypoints):
                 continue
             w = warp_points(f1.keypoints.astype(np.float64), H)
             d = np.linalg.norm(w[:, None] - f2.keypoints[None], axis=-1)
@@ -139,11 +149,13 @@ def main() -> None:
     ap.add_argument("--timing", nargs="+", default=["lfnet", "sift", "orb", "kp2d"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/lfnet"))
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (SIFT uses one)")
+    ap.add_argument("--title", default="LF-Net benchmark")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     record: dict = {"rotation": {}, "zoom": {}, "orientation_error": {}, "eval": {}}
-    md = [f"# LF-Net benchmark on `{args.data}`", ""]
+    md = [f"# {args.title} on `{args.data}` ({args.threads} torch threads)", ""]
     with tempfile.TemporaryDirectory() as tmp:
         n_rot = make_pairs(args.data, Path(tmp) / "rot", ANGLES, 240)
         n_zoom = make_zoom_pairs(args.data, Path(tmp) / "zoom", ZOOMS, 240)
@@ -156,8 +168,8 @@ def main() -> None:
             z = evaluate_features(ex, zoom, None, 300, progress=False)
             record["rotation"][ex.name] = per_level(r, "rot")
             record["zoom"][ex.name] = per_level(z, "zoom")
-            if spec in ("lfnet", "sift", "orb"):
-                e_rot, e_zoom = orientation_errors(ex, rot), orientation_errors(ex, zoom)
+            e_rot, e_zoom = orientation_errors(ex, rot), orientation_errors(ex, zoom)
+            if len(e_rot) or len(e_zoom):  # features with orientations
                 record["orientation_error"][ex.name] = {
                     name: {
                         "median_degrees": float(np.median(e)) if len(e) else None,
