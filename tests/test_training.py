@@ -311,6 +311,28 @@ def test_validation_uses_held_out_training_images_only(tmp_path: Path) -> None:
     assert resumed._best == max(r["matching_score"] for r in records)
 
 
+def test_best_checkpoint_comes_from_the_last_stage(tmp_path: Path) -> None:
+    """Before the last stage the model is not whole (LIFT's detector is untrained), so a
+    validation there never becomes best.pt, however good."""
+    torch.set_num_threads(1)
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for i, name in enumerate(("astronaut", "coffee", "rocket", "chelsea", "camera", "moon")):
+        rgb = sample_photo(name, (96, 128))
+        cv2.imwrite(str(folder / f"{i}_{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "run"
+    stages = "train.stages=[{name: first, steps: 2}, {name: last, steps: 1}]"
+    overrides = tiny(folder, out, "train.steps=3", "train.validate_every=1", "data.holdout=0.5",
+                     stages)  # fmt: skip
+    overrides = [o for o in overrides if o != "eval.data=none"]
+    overrides += ["eval.size=[64, 96]", "eval.top_k=50"]
+    Trainer(load_config(CONFIG, overrides), progress=False).fit()
+    records = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["stage"]) for r in records] == [(1, "first"), (2, "first"), (3, "last")]
+    assert [bool(r.get("best")) for r in records] == [False, False, True]
+    assert load_checkpoint(out / "best.pt")["step"] == 3
+
+
 def test_stages_freeze_parts_and_resume_exactly_inside_a_stage(images: Path, tmp_path: Path):
     """Stage 1 trains all but the score head, stage 2 everything; a run stopped in stage 1
     and resumed logs the same losses as an uninterrupted one."""

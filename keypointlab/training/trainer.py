@@ -443,7 +443,7 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         """Protocol metrics of the current model on the validation pairs (rank 0 only);
-        keeps the best checkpoint by ``eval.select`` as ``best.pt``."""
+        keeps the best checkpoint of the last stage by ``eval.select`` as ``best.pt``."""
         from keypointlab.data.sequences import load_dataset
         from keypointlab.evaluation.benchmark import evaluate_features
         from keypointlab.features.learned import LearnedExtractor
@@ -463,7 +463,11 @@ class Trainer:
             **{k: v for k, v in s.items() if k != "mma"},
         }
         value = record.get(e["select"])
-        if value is not None and (self._best is None or value > self._best):
+        # a model is whole only in the last stage (LIFT's detector is untrained before it),
+        # so best.pt is chosen among the last stage's validations
+        final = self.stage.index == len(self.stages) - 1
+        record["stage"] = self.stage.name
+        if final and value is not None and (self._best is None or value > self._best):
             self._best = value
             record["best"] = True
             save_checkpoint(self._state(), self.out, self.step, keep=0, name="best.pt")
