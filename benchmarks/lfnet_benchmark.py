@@ -98,7 +98,8 @@ def orientation_errors(ex, sequences, radius: float = 3.0) -> np.ndarray:
     """Degrees, over the repeatable keypoints of every pair (see the module)."""
     errors = []
     for seq in sequences:
-        for (i, j), H in seq.pairs():
+        for i, j in seq.pairs():
+            H = seq.homographies[j]
             f1 = ex.extract(read_image(seq.images[i]))
             if f1.orientations is None:
                 return np.zeros(0)  # a feature without orientations
