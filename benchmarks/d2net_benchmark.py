@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
 from keypointlab.data.images import read_image
@@ -153,7 +154,8 @@ TIMING_HEADER = "## Extraction time per 480x640 image (median)"
 
 def timing_table(t: dict[str, float]) -> list[str]:
     sift = t.get("sift")
-    lines = [TIMING_HEADER, "", "| feature | ms | x SIFT |", "|---|---|---|"]
+    note = f"torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS)"
+    lines = [TIMING_HEADER, "", note, "", "| feature | ms | x SIFT |", "|---|---|---|"]
     for name, sec in t.items():
         lines.append(f"| {name} | {sec * 1000:.0f} | {f'{sec / sift:.1f}' if sift else '-'} |")
     return lines
@@ -181,6 +183,7 @@ def main() -> None:
         report = report[: report.index(TIMING_HEADER)]
         t = timings(args.features, sequences, args.repeats)
         record["seconds_per_image_480x640"] = t
+        record["timing_threads"] = torch.get_num_threads()
         write_atomic(args.out / "results.json", json.dumps(record, indent=1))
         write_atomic(args.out / "report.md", report + "\n".join(timing_table(t)) + "\n")
         print("\n".join(timing_table(t)))
