@@ -277,6 +277,20 @@ def test_ship_evaluates_first_refuses_to_overwrite_and_checks_the_name(
     assert sorted(p.name for p in out.iterdir()) == ["tiny.json", "tiny.md", "tiny.safetensors"]
 
 
+def _six_photos(folder: Path) -> Path:
+    """Six scikit-image photographs at 96x128 in ``folder`` (enough for a 0.5 hold-out)."""
+    folder.mkdir()
+    for i, name in enumerate(("astronaut", "coffee", "rocket", "chelsea", "camera", "moon")):
+        rgb = sample_photo(name, (96, 128))
+        cv2.imwrite(str(folder / f"{i}_{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def _with_validation(overrides: list[str]) -> list[str]:
+    """The tiny overrides with validation on the held-out images, at a tiny size."""
+    return [o for o in overrides if o != "eval.data=none"] + ["eval.size=[64, 96]", "eval.top_k=50"]
+
+
 def test_validation_uses_held_out_training_images_only(tmp_path: Path) -> None:
     """Validation pairs come from the held-out part of data.train, which training never
     loads; the best checkpoint by validation is kept as best.pt."""
@@ -285,18 +299,13 @@ def test_validation_uses_held_out_training_images_only(tmp_path: Path) -> None:
     from keypointlab.data.sequences import load_dataset
 
     torch.set_num_threads(1)
-    folder = tmp_path / "train"
-    folder.mkdir()
-    for i, name in enumerate(("astronaut", "coffee", "rocket", "chelsea", "camera", "moon")):
-        rgb = sample_photo(name, (96, 128))
-        cv2.imwrite(str(folder / f"{i}_{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    folder = _six_photos(tmp_path / "train")
     train, held = holdout_paths(folder, 0.5)
     assert train and held and len(train) + len(held) == 6
     assert len(load_image_cache(folder, 128, progress=False, holdout=0.5)) == len(train)
     out = tmp_path / "run"
     overrides = tiny(folder, out, "train.steps=2", "train.validate_every=1", "data.holdout=0.5")
-    overrides = [o for o in overrides if o != "eval.data=none"]
-    overrides += ["eval.size=[64, 96]", "eval.top_k=50"]
+    overrides = _with_validation(overrides)
     Trainer(load_config(CONFIG, overrides), progress=False).fit()
     sequences, _ = load_dataset(out / "validation")
     assert len(sequences) == len(held)
@@ -315,17 +324,12 @@ def test_best_checkpoint_comes_from_the_last_stage(tmp_path: Path) -> None:
     """Before the last stage the model is not whole (LIFT's detector is untrained), so a
     validation there never becomes best.pt, however good."""
     torch.set_num_threads(1)
-    folder = tmp_path / "train"
-    folder.mkdir()
-    for i, name in enumerate(("astronaut", "coffee", "rocket", "chelsea", "camera", "moon")):
-        rgb = sample_photo(name, (96, 128))
-        cv2.imwrite(str(folder / f"{i}_{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    folder = _six_photos(tmp_path / "train")
     out = tmp_path / "run"
     stages = "train.stages=[{name: first, steps: 2}, {name: last, steps: 1}]"
     overrides = tiny(folder, out, "train.steps=3", "train.validate_every=1", "data.holdout=0.5",
                      stages)  # fmt: skip
-    overrides = [o for o in overrides if o != "eval.data=none"]
-    overrides += ["eval.size=[64, 96]", "eval.top_k=50"]
+    overrides = _with_validation(overrides)
     Trainer(load_config(CONFIG, overrides), progress=False).fit()
     records = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
     assert [(r["step"], r["stage"]) for r in records] == [(1, "first"), (2, "first"), (3, "last")]
