@@ -369,3 +369,23 @@ def test_stages_freeze_parts_and_resume_exactly_inside_a_stage(images: Path, tmp
 def test_bad_stage_lists_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"train.stages\[0\]"):
         load_config(CONFIG, ["train.stages=[{steps: 2, traniable: [io_net]}]"])
+
+
+def test_ship_card_names_a_checkpoint_that_is_not_the_runs_best(tmp_path):
+    """A card must not call a hand-picked checkpoint the run's best on validation."""
+    from keypointlab.training.ship import _selection, _threads
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 500, "matching_score": 0.16}, {"step": 4500, "matching_score": 0.14}]
+    (run / "validation.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    conf = {"eval": {"select": "matching_score"}}
+    best = {"step": 500, "best_validation": 0.16, "config": conf}
+    late = {"step": 4500, "best_validation": 0.16, "config": conf}
+    assert "the run's best" in _selection(best, run) and "0.1600" in _selection(best, run)
+    text = _selection(late, run)
+    assert text.startswith("; not the run's best") and "0.1400" in text and "0.1600" in text
+    assert _selection({"step": 1, "config": conf}, run) == ""
+    assert _threads([{"threads": 1}, {"threads": 1}]) == "1 thread of "
+    assert _threads([{"threads": 2}]) == "2 threads of "
+    assert _threads([{"threads": 1}, {"threads": 2}]) == "" and _threads([{}]) == ""

@@ -33,13 +33,39 @@ def _provenance(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _selection(state: dict[str, Any]) -> str:
-    """How the checkpoint was chosen, when the run validated."""
+def _validations(run: Path) -> dict[int, dict[str, Any]]:
+    """The run's held-out validation records by step (``validation.jsonl``)."""
+    path = run / "validation.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {int(r["step"]): r for r in rows if "step" in r}
+
+
+def _selection(state: dict[str, Any], run: Path) -> str:
+    """How the checkpoint was chosen, when the run validated: the run's best, or (a
+    checkpoint picked otherwise) its own validation beside the run's best."""
     best = state.get("best_validation")
     if best is None:
         return ""
     select = state.get("config", {}).get("eval", {}).get("select", "validation")
-    return f"; the run's best on held-out validation pairs ({select} {best:.4f})"
+    records = _validations(run)
+    own = records.get(int(state["step"]), {}).get(select)
+    if own is None or abs(float(own) - float(best)) < 1e-12:
+        return f"; the run's best on held-out validation pairs ({select} {best:.4f})"
+    return (
+        f"; not the run's best on held-out validation pairs: this step's {select} "
+        f"{float(own):.4f}, the run's best {best:.4f}"
+    )
+
+
+def _threads(provenance: list[dict[str, Any]]) -> str:
+    """``N thread(s) of`` as every (re)start of the run recorded it, else empty."""
+    threads = {p.get("threads") for p in provenance}
+    if len(threads) != 1 or None in threads:
+        return ""
+    (n,) = threads
+    return f"{n} thread{'s' if n != 1 else ''} of "
 
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -214,16 +240,18 @@ def ship_model(
 def _training_section(source: Path, ckpt_path: Path, state: dict[str, Any]) -> list[str]:
     conf = state["config"]
     run = source.parent if source.is_file() else source
+    provenance = _provenance(run)
     lines = [
         "## Training",
         "",
         f"- checkpoint: `{ckpt_path.name}`, step {state['step']}, "
-        f"{state['train_seconds'] / 60:.1f} min of training on a 2-core CPU" + _selection(state),
+        f"{state['train_seconds'] / 60:.1f} min of training on {_threads(provenance)}a 2-core "
+        "CPU" + _selection(state, run),
         f"- data: `{conf['data']['train']}` (unlabelled photographs), crops "
         f"{conf['data']['size']}, seed {conf['train']['seed']}",
         "- command and revision per (re)start:",
     ]
-    for p in _provenance(run) or [{}]:
+    for p in provenance or [{}]:
         argv = " ".join(p.get("argv", ["(not recorded)"]))
         dirty = " (with uncommitted changes)" if p.get("git_dirty") else ""
         lines.append(f"  - `{argv}` at git `{p.get('git_revision', '(not recorded)')}`{dirty}")
