@@ -159,7 +159,7 @@ def _max_pixels(text: str) -> int:
 
 
 # Commands that read images take --max-pixels (see keypointlab.limits).
-IMAGE_COMMANDS = ("demo", "evaluate", "train", "extract", "ship", "adapt", "match")
+IMAGE_COMMANDS = ("demo", "evaluate", "train", "extract", "ship", "adapt", "match", "reconstruct")
 
 
 def _bounded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -358,6 +358,40 @@ def cmd_extract(args: argparse.Namespace) -> int:
     )
     for path, reason in report.skipped:
         print(f"  skipped {path}: {reason}")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from keypointlab.features import get_extractor
+    from keypointlab.io.outputs import check_output_dir, output_lock
+    from keypointlab.sfm import reconstruct
+
+    check_output_dir(args.out, inputs=[args.images])  # before any work
+    extractor = get_extractor(args.features, **_learned_options(args))
+    with output_lock(args.out):
+        s = reconstruct(
+            args.images,
+            extractor,
+            args.out,
+            pairs=args.pairs,
+            matcher=args.matcher,
+            max_keypoints=args.max_keypoints,
+            progress=not args.quiet,
+            extract=_extract_file,
+        )
+    print(
+        f"{s['method']}: {s['registered_images']}/{s['images']} images registered, "
+        f"{s['points3d']} points, mean track length {s['mean_track_length']:.2f}, "
+        f"mean reprojection error {s['mean_reprojection_error']:.3f} px"
+    )
+    if "centre_error_median" in s.get("cameras", {}):
+        c = s["cameras"]
+        print(
+            f"camera centres after similarity alignment: median error "
+            f"{c['centre_error_median']:.3f}, max {c['centre_error_max']:.3f} "
+            f"(scene extent {c['scene_extent']:.2f})"
+        )
+    print(f"model: {args.out / 'sparse' / '0'}\nsummary: {args.out / 'summary.json'}")
     return 0
 
 
@@ -565,6 +599,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser(
+        "reconstruct", help="structure from motion of a folder of images (COLMAP, pycolmap)"
+    )
+    p.add_argument(
+        "images", type=Path, help="folder of images, or a scene folder with images/ (cameras/)"
+    )
+    p.add_argument("--features", default="sift")
+    p.add_argument("--matcher", default="mnn", choices=["mnn", "ratio"])
+    p.add_argument(
+        "--pairs", default="exhaustive", help="exhaustive (default) or retrieval:K"
+    )
+    p.add_argument(
+        "--max-keypoints", type=_count("--max-keypoints", 1), default=None,
+        help="keep the best N keypoints per image",
+    )
+    p.add_argument("--out", type=Path, default=Path("reconstruction"))
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_learned_options(p)
+    p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("match", help="match two images and draw the inlier matches")
     p.add_argument("image0", type=Path)

@@ -146,3 +146,50 @@ def matches_figure(
         ax.plot(c[:, 0] + w0, c[:, 1], color="cyan", lw=1.5)
     ax.set_title(title or f"{int(inl.sum())} inliers / {m} matches", fontsize=10)
     return fig
+
+
+def reconstruction_figure(
+    points: np.ndarray,
+    centres: np.ndarray,
+    true_centres: np.ndarray | None = None,
+    title: str = "",
+    max_points: int = 20000,
+) -> Figure:
+    """A sparse model from above (x-y) and from the side (x-z): 3D points ``(N, 3)``
+    (a fixed random subset of at most ``max_points``, axes around their 5-95 percentiles
+    and every camera), registered camera centres ``(M, 3)`` and, when given, the true centres in
+    the same frame."""
+    fig = Figure(figsize=(11, 5))
+    if len(points) > max_points:
+        points = points[np.random.default_rng(0).choice(len(points), max_points, replace=False)]
+    for ax, (a, b), label in zip(
+        fig.subplots(1, 2),
+        ((0, 1), (0, 2)),
+        ("from above (x, y)", "from the side (x, z)"),
+        strict=True,
+    ):
+        if len(points):
+            ax.scatter(points[:, a], points[:, b], s=1.0, c="0.25", alpha=0.6, lw=0)
+        if true_centres is not None:
+            ax.scatter(
+                true_centres[:, a],
+                true_centres[:, b],
+                s=40,
+                facecolors="none",
+                edgecolors="tab:green",
+                label="true cameras",
+            )
+        if len(centres):
+            ax.scatter(centres[:, a], centres[:, b], s=12, c="tab:red", label="registered cameras")
+        both = np.concatenate([x for x in (points, centres) if len(x)] or [np.zeros((1, 3))])
+        lo, hi = np.percentile(both, 5, axis=0), np.percentile(both, 95, axis=0)
+        if len(centres):
+            lo, hi = np.minimum(lo, centres.min(0)), np.maximum(hi, centres.max(0))
+        pad = 0.15 * (hi - lo + 1e-9)
+        ax.set_xlim(lo[a] - pad[a], hi[a] + pad[a])
+        ax.set_ylim(lo[b] - pad[b], hi[b] + pad[b])
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_title(label, fontsize=9)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title, fontsize=10)
+    return fig

@@ -1,0 +1,369 @@
+"""Structure from motion from any KeypointLab features, by COLMAP's incremental mapper.
+
+``reconstruct(IMAGES, extractor, OUT)``:
+
+1. *features* of every image at its own resolution (any extractor: classical, shipped or a
+   checkpoint);
+2. *pairs*: ``exhaustive`` (every pair) or ``retrieval:K`` (each image with its ``K`` most
+   similar others by a global descriptor: the L2-normalised mean of the image's
+   L2-normalised local descriptors, a bag-of-features fallback until a retrieval index is
+   given);
+3. *matches* of each pair by mutual nearest neighbour (``mnn``) or with Lowe's ratio test
+   (``ratio``, 0.8) on top;
+4. a COLMAP database (``OUT/database.db``): one camera per image, with the known intrinsics
+   fixed when the scene has them (``cameras/``, Strecha format,
+   :mod:`keypointlab.data.multiview`), else COLMAP's default from the image size; the
+   keypoints (shifted by half a pixel: COLMAP puts the first pixel's centre at 0.5, KeypointLab
+   at 0) and the matches; COLMAP's geometric verification (``verify_matches``) then its
+   incremental mapping;
+5. ``OUT/sparse/0`` (the largest model, COLMAP binary format), ``OUT/summary.json``
+   (``registered_images``, ``images``, ``points3d``, ``mean_track_length``,
+   ``mean_reprojection_error``, ``seconds`` per stage; with known cameras also the
+   camera-centre error after a similarity alignment of the registered centres onto the true
+   ones, in the scene's units) and ``OUT/reconstruction.png`` (points and cameras from above
+   and from the side).
+
+Every output is written under a temporary name and renamed when whole; ``summary.json``
+comes last, so a folder without it is an unfinished run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from keypointlab.api import match
+from keypointlab.data.images import read_image
+from keypointlab.data.multiview import Camera, scene_cameras, scene_images
+from keypointlab.errors import InputError
+from keypointlab.features.base import Extractor, Features
+from keypointlab.geometry.alignment import similarity_transform
+from keypointlab.io.outputs import atomic_output
+
+logger = logging.getLogger(__name__)
+
+MATCHERS = ("mnn", "ratio")
+RATIO = 0.8
+MAX_IMAGES = 5000  # an exhaustive pair list grows with the square
+
+
+def _pycolmap() -> Any:
+    try:
+        import pycolmap
+    except ImportError:
+        raise InputError(
+            "reconstruct needs pycolmap: pip install 'keypointlab[sfm]' (or pip install pycolmap)"
+        ) from None
+    pycolmap.logging.minloglevel = 2  # COLMAP's own log: errors only (progress bars are ours)
+    return pycolmap
+
+
+def parse_pairs(spec: str, n_images: int) -> tuple[str, int]:
+    """``exhaustive`` or ``retrieval:K`` (``1 <= K < n_images``) -> ``(kind, K)``."""
+    if spec == "exhaustive":
+        return "exhaustive", 0
+    kind, _, k = spec.partition(":")
+    if kind == "retrieval" and k.isdigit() and int(k) >= 1:
+        return "retrieval", min(int(k), max(n_images - 1, 1))
+    raise InputError(f"--pairs {spec!r}: use 'exhaustive' or 'retrieval:K' with K >= 1")
+
+
+def global_descriptors(features: Sequence[Features]) -> np.ndarray:
+    """``(N, D)``: each image's L2-normalised mean of its L2-normalised local descriptors."""
+    out = []
+    for f in features:
+        d = f.descriptors.astype(np.float64)
+        d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+        g = d.mean(0) if len(d) else np.zeros(f.descriptors.shape[1])
+        out.append(g / max(np.linalg.norm(g), 1e-12))
+    return np.stack(out)
+
+
+def image_pairs(features: Sequence[Features], kind: str, k: int) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)``, ``i < j``, sorted: all of them, or each image's ``k`` nearest
+    others by :func:`global_descriptors` (cosine similarity), made symmetric."""
+    n = len(features)
+    if kind == "exhaustive":
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    g = global_descriptors(features)
+    sim = g @ g.T
+    np.fill_diagonal(sim, -np.inf)
+    pairs = set()
+    for i in range(n):
+        for j in np.argsort(-sim[i], kind="stable")[:k]:
+            pairs.add((min(i, int(j)), max(i, int(j))))
+    return sorted(pairs)
+
+
+def _camera(pycolmap: Any, known: Camera | None, size: tuple[int, int]) -> Any:
+    h, w = size
+    if known is None:  # COLMAP's own default for an unknown camera
+        f = 1.2 * max(h, w)
+        return pycolmap.Camera(
+            model="SIMPLE_RADIAL", width=w, height=h, params=[f, w / 2, h / 2, 0.0]
+        )
+    sx, sy = w / known.size[1], h / known.size[0]  # the image may be resized from the camera's
+    K = known.K
+    fx, fy = K[0, 0] * sx, K[1, 1] * sy
+    cx, cy = (K[0, 2] + 0.5) * sx, (K[1, 2] + 0.5) * sy  # COLMAP: first pixel centre at 0.5
+    return pycolmap.Camera(model="PINHOLE", width=w, height=h, params=[fx, fy, cx, cy])
+
+
+def _database(
+    pycolmap: Any,
+    path: Path,
+    names: Sequence[str],
+    features: Sequence[Features],
+    cameras: dict[str, Camera] | None,
+    pairs: Sequence[tuple[int, int]],
+    matches: Sequence[np.ndarray],
+) -> None:
+    db = pycolmap.Database.open(str(path))
+    try:
+        ids = []
+        for name, f in zip(names, features, strict=True):
+            known = cameras.get(name) if cameras else None
+            camera_id = db.write_camera(_camera(pycolmap, known, f.image_size))
+            rig = pycolmap.Rig()
+            rig.add_ref_sensor(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id))
+            rig_id = db.write_rig(rig)
+            image_id = db.write_image(pycolmap.Image(name=name, camera_id=camera_id))
+            frame = pycolmap.Frame()
+            frame.rig_id = rig_id
+            frame.add_data_id(
+                pycolmap.data_t(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id), image_id)
+            )
+            db.write_frame(frame)
+            db.write_keypoints(image_id, (f.keypoints + 0.5).astype(np.float32))
+            ids.append(image_id)
+        for (i, j), m in zip(pairs, matches, strict=True):
+            if len(m):
+                db.write_matches(ids[i], ids[j], m.astype(np.uint32))
+    finally:
+        db.close()
+
+
+def _model_summary(rec: Any) -> dict[str, Any]:
+    return {
+        "registered_images": int(rec.num_reg_images()),
+        "points3d": int(rec.num_points3D()),
+        "mean_track_length": float(rec.compute_mean_track_length()) if rec.num_points3D() else 0.0,
+        "mean_reprojection_error": (
+            float(rec.compute_mean_reprojection_error()) if rec.num_points3D() else 0.0
+        ),
+    }
+
+
+def camera_centre_errors(
+    rec: Any, cameras: dict[str, Camera]
+) -> tuple[dict[str, Any], Callable[[np.ndarray], np.ndarray] | None]:
+    """Registered camera centres aligned onto the true ones by a similarity: their error
+    (median, mean, max, and the share within 1% of the true cameras' extent) and the
+    alignment as a function of ``(N, 3)`` points (``None`` below 3 registered cameras)."""
+    est, true = [], []
+    for image in rec.images.values():
+        if image.has_pose and image.name in cameras:
+            est.append(np.asarray(image.projection_center(), np.float64))
+            true.append(cameras[image.name].centre)
+    if len(est) < 3:
+        return {"aligned_cameras": len(est)}, None
+    true_all = np.stack([c.centre for c in cameras.values()])
+    extent = float(np.linalg.norm(true_all.max(0) - true_all.min(0)))
+    s, R, t = similarity_transform(np.stack(est), np.stack(true))
+
+    def align(x: np.ndarray) -> np.ndarray:
+        return s * np.asarray(x, np.float64).reshape(-1, 3) @ R.T + t
+
+    err = np.linalg.norm(np.stack(true) - align(np.stack(est)), axis=1)
+    return {
+        "aligned_cameras": len(est),
+        "centre_error_median": float(np.median(err)),
+        "centre_error_mean": float(err.mean()),
+        "centre_error_max": float(err.max()),
+        "scene_extent": extent,
+        "within_1_percent_of_extent": float((err <= 0.01 * extent).mean()),
+    }, align
+
+
+def _figure(
+    rec: Any, cameras: dict[str, Camera] | None, align: Any, path: Path, title: str
+) -> None:
+    from keypointlab.viz.plots import reconstruction_figure, save_figure
+
+    points = np.array([p.xyz for p in rec.points3D.values()], np.float64).reshape(-1, 3)
+    centres = np.array(
+        [im.projection_center() for im in rec.images.values() if im.has_pose], np.float64
+    ).reshape(-1, 3)
+    true = None
+    if align is not None and cameras:
+        points, centres = align(points), align(centres)
+        true = np.stack([c.centre for c in cameras.values()])
+    save_figure(reconstruction_figure(points, centres, true, title), path)
+
+
+def reconstruct_from_features(
+    image_dir: str | Path,
+    names: Sequence[str],
+    features: Sequence[Features],
+    out: str | Path,
+    cameras: dict[str, Camera] | None = None,
+    pairs: str = "exhaustive",
+    matcher: str = "mnn",
+    matches: Sequence[np.ndarray] | None = None,
+    pair_list: Sequence[tuple[int, int]] | None = None,
+    threads: int = -1,
+    progress: bool = True,
+    seconds: dict[str, float] | None = None,
+    method: str = "",
+) -> dict[str, Any]:
+    """Steps 2-5 of the module docstring from features already extracted (``names[i]`` the
+    file name in ``image_dir`` of ``features[i]``); ``matches`` with ``pair_list`` replaces
+    the matching step (index pairs into the features of each pair)."""
+    pycolmap = _pycolmap()
+    if matcher not in MATCHERS:
+        raise InputError(f"--matcher {matcher!r}: use one of {', '.join(MATCHERS)}")
+    out = Path(out)
+    seconds = dict(seconds or {})
+    if matches is None:
+        kind, k = parse_pairs(pairs, len(names))
+        t0 = time.perf_counter()
+        pair_list = image_pairs(features, kind, k)
+        ratio = RATIO if matcher == "ratio" else None
+        matches = [
+            match(features[i], features[j], mutual=True, ratio=ratio)
+            for i, j in tqdm(pair_list, desc="match", unit="pair", disable=not progress)
+        ]
+        seconds["match"] = time.perf_counter() - t0
+    elif pair_list is None or len(pair_list) != len(matches):
+        raise ValueError("reconstruct_from_features: give pair_list with matches, one per pair")
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        db_path = work / "database.db"
+        t0 = time.perf_counter()
+        _database(pycolmap, db_path, names, features, cameras, pair_list, matches)
+        pairs_txt = work / "pairs.txt"
+        pairs_txt.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in pair_list))
+        pycolmap.verify_matches(str(db_path), str(pairs_txt), pycolmap.TwoViewGeometryOptions())
+        seconds["verify"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        options = pycolmap.IncrementalPipelineOptions()
+        options.num_threads = threads
+        options.random_seed = 0
+        if cameras:  # known intrinsics stay fixed
+            options.ba_refine_focal_length = False
+            options.ba_refine_principal_point = False
+            options.ba_refine_extra_params = False
+        (work / "sparse").mkdir()
+        models = pycolmap.incremental_mapping(
+            str(db_path), str(image_dir), str(work / "sparse"), options
+        )
+        seconds["mapping"] = time.perf_counter() - t0
+        best = max(models.values(), key=lambda r: r.num_reg_images(), default=None)
+        summary: dict[str, Any] = {
+            "method": method,
+            "images": len(names),
+            "pairs": len(pair_list),
+            "matches_per_pair": float(np.mean([len(m) for m in matches])) if matches else 0.0,
+            "models": len(models),
+            **(_model_summary(best) if best is not None else _model_summary_empty()),
+            "intrinsics": "known, fixed" if cameras else "estimated (COLMAP default start)",
+            "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        }
+        align = None
+        if best is not None and cameras:
+            summary["cameras"], align = camera_centre_errors(best, cameras)
+        for sub in ("sparse",):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / "sparse").mkdir()
+        if best is not None:
+            with atomic_output(out / "sparse" / "0") as tmp:
+                tmp.mkdir()
+                best.write(str(tmp))
+        with atomic_output(out / "database.db") as tmp:
+            shutil.copyfile(db_path, tmp)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if best is not None:
+        _figure(best, cameras, align, out / "reconstruction.png", _title(summary))
+    with atomic_output(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _model_summary_empty() -> dict[str, Any]:
+    return {
+        "registered_images": 0,
+        "points3d": 0,
+        "mean_track_length": 0.0,
+        "mean_reprojection_error": 0.0,
+    }
+
+
+def _title(s: dict[str, Any]) -> str:
+    return (
+        f"{s['method']}: {s['registered_images']}/{s['images']} images, "
+        f"{s['points3d']} points, track {s['mean_track_length']:.2f}, "
+        f"reproj. {s['mean_reprojection_error']:.2f} px"
+    )
+
+
+def reconstruct(
+    images: str | Path,
+    extractor: Extractor,
+    out: str | Path,
+    pairs: str = "exhaustive",
+    matcher: str = "mnn",
+    max_keypoints: int | None = None,
+    threads: int = -1,
+    progress: bool = True,
+    extract: Callable[[Extractor, Path], Features] | None = None,
+) -> dict[str, Any]:
+    """Structure from motion of a folder of images (or a scene folder with ``images/`` and
+    ``cameras/``) with ``extractor``'s features; returns the summary (module docstring).
+
+    Raises:
+        InputError: no images, too many, a bad ``pairs``/``matcher``, a malformed camera
+            file, or pycolmap missing.
+    """
+    _pycolmap()  # fail before any work
+    image_dir, paths = scene_images(images)
+    if len(paths) > MAX_IMAGES:
+        raise InputError(f"{images}: {len(paths)} images, more than the limit of {MAX_IMAGES}")
+    if len(paths) < 2:
+        raise InputError(f"{images}: structure from motion needs at least 2 images")
+    parse_pairs(pairs, len(paths))
+    if matcher not in MATCHERS:
+        raise InputError(f"--matcher {matcher!r}: use one of {', '.join(MATCHERS)}")
+    cameras = scene_cameras(images, paths)
+    t0 = time.perf_counter()
+    features = []
+    for path in tqdm(paths, desc=f"extract {extractor.name}", unit="image", disable=not progress):
+        f = extract(extractor, path) if extract else extractor.extract(read_image(path))
+        if max_keypoints and len(f) > max_keypoints:
+            f = f.top_k(max_keypoints)
+        features.append(f)
+    seconds = {"extract": time.perf_counter() - t0}
+    return reconstruct_from_features(
+        image_dir,
+        [p.name for p in paths],
+        features,
+        out,
+        cameras=cameras,
+        pairs=pairs,
+        matcher=matcher,
+        threads=threads,
+        progress=progress,
+        seconds=seconds,
+        method=extractor.name,
+    )
