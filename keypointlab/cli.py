@@ -229,6 +229,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if not args.features and not args.features_file:
         raise ValueError("give --features NAME [NAME ...] and/or --features-file FILE")
+    if args.task == "pose":
+        return _evaluate_pose(args)
     configs = _standard_configs(args.size, args.top_k)
     for size, _ in configs:
         parse_size(size)  # fail before any work on a bad size
@@ -260,6 +262,35 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"above); no report written to {args.out}"
         )
     print(f"\nreport: {files['markdown']}\nresults: {files['json']}")
+    return 0
+
+
+def _evaluate_pose(args: argparse.Namespace) -> int:
+    """``evaluate --task pose``: relative pose on RGB-D or multi-view pairs (480x640 and
+    top-1000 unless given); see :mod:`keypointlab.evaluation.pose`."""
+    from keypointlab.data.posepairs import load_pose_pairs
+    from keypointlab.evaluation.benchmark import parse_size
+    from keypointlab.evaluation.pose import evaluate_pose
+    from keypointlab.evaluation.pose_report import pose_markdown_table, write_pose_report
+    from keypointlab.features import get_extractor
+
+    if args.features_file:
+        raise ValueError("--task pose takes --features NAME, not --features-file")
+    ((size, top_k),) = _standard_configs(args.size or "480x640", args.top_k)
+    hw = parse_size(size)  # fail before any work on a bad size
+    extractors = [get_extractor(name, **_learned_options(args)) for name in args.features]
+    pairs = load_pose_pairs(args.data, max_pairs=args.max_pairs)
+    results = [evaluate_pose(e, pairs, hw, top_k, progress=not args.quiet) for e in extractors]
+    if not any(r.pairs for r in results):
+        reasons = "; ".join(f"{s.item}: {s.reason}" for s in results[0].skipped[:3])
+        raise ValueError(f"{args.data}: no pair could be evaluated ({reasons}); no report")
+    meta = {"task": "pose", "data": str(args.data), "pairs": len(pairs)}
+    files = write_pose_report(results, pairs, args.out, meta=meta)
+    print(pose_markdown_table(results))
+    for r in results:
+        for s in r.skipped:
+            print(f"{r.method}: skipped {s.item}: {s.reason}")
+    print(f"\nreport: {files['markdown']}\nresults: {files['json']}\npairs: {files['pairs']}")
     return 0
 
 
@@ -341,23 +372,63 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from keypointlab.features import get_extractor
-    from keypointlab.features.export import extract_folder
+    from keypointlab.features.export import extract_folder_distributed
+    from keypointlab.io.distributed import World, process_group
 
-    extractor = get_extractor(args.features, **_learned_options(args))
-    report = extract_folder(
-        extractor,
-        args.images,
-        args.out,
-        max_keypoints=args.max_keypoints,
-        resume=args.resume,
-        progress=not args.quiet,
-    )
+    world = World.from_env()  # several processes under torchrun: a share of the images each
+    options = {**_learned_options(args), "device": world.device(args.device)}
+    with process_group(world, options["device"]):
+        extractor = get_extractor(args.features, **options)
+        report = extract_folder_distributed(
+            extractor,
+            args.images,
+            args.out,
+            world,
+            max_keypoints=args.max_keypoints,
+            resume=args.resume,
+            progress=not args.quiet,
+        )
+    if not world.is_main:
+        return 0
     print(
         f"{report.written} images written, {report.reused} already done, "
         f"{len(report.skipped)} skipped -> {args.out}"
     )
     for path, reason in report.skipped:
         print(f"  skipped {path}: {reason}")
+    return 0
+
+
+def cmd_match_pairs(args: argparse.Namespace) -> int:
+    from keypointlab.io.distributed import World, process_group
+    from keypointlab.matching.pairs import (
+        exhaustive_pairs,
+        feature_names,
+        match_pairs_distributed,
+        read_pairs,
+    )
+
+    if str(args.pairs) == "exhaustive":
+        pairs = exhaustive_pairs(feature_names(args.features))
+    else:
+        pairs = read_pairs(args.pairs)
+    world = World.from_env()  # several processes under torchrun: a share of the pairs each
+    device = world.device(args.device)
+    with process_group(world, device):
+        report = match_pairs_distributed(
+            args.features,
+            pairs,
+            args.out,
+            world,
+            matcher=args.matcher,
+            ratio=args.ratio,
+            max_distance=args.max_distance,
+            resume=args.resume,
+            device=device,
+            progress=not args.quiet,
+        )
+    if world.is_main:
+        print(f"{report.written} pairs matched, {report.reused} already done -> {args.out}")
     return 0
 
 
@@ -497,7 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="evaluate features on sequences with ground truth")
-    p.add_argument("--data", type=Path, required=True, help="folder of HPatches-format sequences")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="folder of HPatches-format sequences (--task pose: see --task)",
+    )
     p.add_argument("--features", nargs="+", default=[], help="feature names, e.g. sift orb")
     p.add_argument(
         "--features-file",
@@ -516,6 +592,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="keypoints kept per image (default 300, or 1000 at 480x640 and above)",
     )
     p.add_argument("--out", type=Path, default=Path("eval-report"))
+    p.add_argument(
+        "--task",
+        choices=["homography", "pose"],
+        default="homography",
+        help="homography: HPatches-format sequences (default); pose: relative pose on an "
+        "RGB-D folder (7-Scenes, Redwood) or a multi-view folder (images/ + cameras/), "
+        "at --size 480x640 unless given",
+    )
+    p.add_argument(
+        "--max-pairs",
+        type=_count("--max-pairs"),
+        default=100,
+        help="--task pose: at most this many pairs, evenly spread (default 100)",
+    )
     _add_learned_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
@@ -536,6 +626,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_learned_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("match-pairs", help="match image pairs of a features file to HDF5")
+    p.add_argument("features", type=Path, help="features .h5 (e.g. from `keypointlab extract`)")
+    p.add_argument(
+        "--pairs",
+        required=True,
+        help="text file of 'name0 name1' lines (hloc's format), or 'exhaustive' for all pairs",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output matches .h5 (hloc layout)")
+    p.add_argument("--matcher", default="mnn", choices=["mnn", "nn"], help="default mnn")
+    p.add_argument("--ratio", type=float, default=None, help="Lowe ratio test (e.g. 0.8)")
+    p.add_argument("--max-distance", type=float, default=None, help="largest descriptor distance")
+    p.add_argument("--resume", action="store_true", help="keep pairs already matched")
+    p.add_argument("--device", default="cpu", help="torch device of the matching")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_match_pairs)
 
     p = sub.add_parser("export-onnx", help="export a learned extractor to ONNX")
     p.add_argument("name", help="shipped model name or checkpoint path")

@@ -5,12 +5,17 @@ only when the folder is done, so a crash never leaves a file that looks complete
 ``resume=True`` continues from the partial file. The run holds ``<out>``'s lock throughout
 (a second run on the same file is refused at once), and the file records which extractor
 and settings wrote it: resuming with another extractor is refused.
+
+Under ``torchrun``, :func:`extract_folder_distributed` splits the folder over the ranks
+and merges their shard files into the file one process would write
+(:mod:`keypointlab.io.distributed`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,19 @@ from keypointlab.features.h5 import (
     write_features,
     write_record,
 )
+from keypointlab.io.distributed import (
+    World,
+    check_same_items,
+    exchange,
+    items_digest,
+    merge_shards,
+    remove_shards,
+    reuse_shard,
+    shard,
+    shard_path,
+    shard_record,
+    write_shard_record,
+)
 from keypointlab.io.h5 import descriptor_sizes, partial_h5, partial_path, safe_key, write_matches
 from keypointlab.io.outputs import atomic_output, check_output_dir, check_output_file, output_lock
 
@@ -44,6 +62,25 @@ class ExtractReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+def image_keys(
+    folder: Path, paths: Sequence[Path]
+) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """``(key, path)`` of each of ``paths`` (images below ``folder``), in order, and the
+    ``(path, reason)`` of those left out because an earlier one has the same key (e.g.
+    ``a\\b.png`` beside ``a/b.png``: never overwritten silently)."""
+    keyed: list[tuple[str, Path]] = []
+    skipped: list[tuple[str, str]] = []
+    owner: dict[str, Path] = {}
+    for p in paths:
+        key = safe_key(p.relative_to(folder).as_posix())
+        if key in owner:
+            skipped.append((str(p), f"same feature key {key!r} as {owner[key]}"))
+            continue
+        owner[key] = p
+        keyed.append((key, p))
+    return keyed, skipped
+
+
 def extract_folder(
     extractor: Extractor,
     folder: str | Path,
@@ -51,9 +88,14 @@ def extract_folder(
     max_keypoints: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    shard_of: tuple[int, int] | None = None,
 ) -> ExtractReport:
     """Extract every image below ``folder`` into ``out``; unreadable files are reported and
     skipped.
+
+    ``shard_of=(rank, world)``: extract only that rank's share of the images (see
+    :func:`~keypointlab.io.distributed.shard`) and record it in ``out`` (a shard file
+    for :func:`extract_folder_distributed`).
 
     Raises:
         FileNotFoundError: ``folder`` is missing or has no image files.
@@ -67,20 +109,21 @@ def extract_folder(
         raise FileNotFoundError(f"{folder}: no image files found")
     check_output_file(out, inputs=paths)
     record = extractor_record(extractor, max_keypoints=max_keypoints)
+    keyed, collisions = image_keys(folder, paths)
     report = ExtractReport()
+    if shard_of is not None:
+        keyed = shard(keyed, *shard_of)
+        collisions = collisions if shard_of[0] == 0 else []  # reported once
+    report.skipped.extend(collisions)
     with partial_h5(out, resume=resume) as h5:
         check_record(h5, record, partial_path(out))
         write_record(h5, record)
+        if shard_of is not None:
+            write_shard_record(h5, shard_record([k for k, _ in keyed], *shard_of))
         h5.flush()
         sizes = set(descriptor_sizes(h5))  # of a partial file that recorded no extractor
         todo = []
-        owner: dict[str, Path] = {}
-        for p in paths:
-            key = safe_key(p.relative_to(folder).as_posix())
-            if key in owner:  # e.g. 'a\\b.png' beside 'a/b.png': never overwrite silently
-                report.skipped.append((str(p), f"same feature key {key!r} as {owner[key]}"))
-                continue
-            owner[key] = p
+        for key, p in keyed:
             if key in h5 and "descriptors" in h5[key]:
                 report.reused += 1
             else:
@@ -106,6 +149,83 @@ def extract_folder(
             h5.flush()
             report.written += 1
     return report
+
+
+def extract_folder_distributed(
+    extractor: Extractor,
+    folder: str | Path,
+    out: str | Path,
+    world: World,
+    max_keypoints: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> ExtractReport:
+    """:func:`extract_folder` on every rank of ``world`` (inside its process group), each
+    on its share of the images into its shard file; rank 0 then merges the shards into
+    ``out`` (the same groups and arrays one process writes) and removes them.
+
+    With ``resume`` a rank reuses its whole shard file as it is, and continues its partial
+    one. Rank 0 holds ``out``'s lock for the whole run. Every rank returns the report of
+    the whole run (the sum of the ranks').
+
+    Raises:
+        As :func:`extract_folder`, on every rank when one fails (the others raise
+        :class:`~keypointlab.io.distributed.DistributedError` naming it);
+        FeatureFileError: with ``resume``, a shard file is not a readable HDF5 file.
+    """
+    if world.size == 1:
+        return extract_folder(extractor, folder, out, max_keypoints, resume, progress)
+    folder, out = Path(folder), Path(out)
+    record = extractor_record(extractor, max_keypoints=max_keypoints)
+    shards = [shard_path(out, r, world.size) for r in range(world.size)]
+
+    keys: list[str] = []
+
+    def prepare() -> str:
+        if world.is_main:
+            stack.enter_context(output_lock(out))
+        paths = list_images(folder)
+        if not paths:
+            raise FileNotFoundError(f"{folder}: no image files found")
+        check_output_file(out, inputs=paths)
+        keys.extend(k for k, _ in image_keys(folder, paths)[0])
+        return items_digest(keys)
+
+    with ExitStack() as stack:
+        check_same_items(world, exchange(world, prepare), folder)
+        mine = shard_record(shard(keys, world.rank, world.size), world.rank, world.size)
+
+        def work() -> ExtractReport:
+            path = shards[world.rank]
+            if resume and reuse_shard(path, mine, lambda h5: check_record(h5, record, path)):
+                with h5py.File(path, "r") as h5:
+                    reused = sum(1 for k in shard(keys, world.rank, world.size) if k in h5)
+                logger.info("%s: whole, reused", path)
+                return ExtractReport(reused=reused)
+            return extract_folder(
+                extractor,
+                folder,
+                path,
+                max_keypoints,
+                resume,
+                progress and world.is_main,
+                shard_of=(world.rank, world.size),
+            )
+
+        reports = exchange(world, work)
+
+        def merge() -> None:
+            if world.is_main:
+                merge_shards(out, shards, keys)
+                remove_shards(shards)
+
+        exchange(world, merge, gather=False)
+    total = ExtractReport()
+    for r in reports:
+        total.written += r.written
+        total.reused += r.reused
+        total.skipped.extend(r.skipped)
+    return total
 
 
 FEATURES_FILE, MATCHES_FILE = "features.h5", "matches.h5"

@@ -103,47 +103,59 @@ def image_pairs(features: Sequence[Features], kind: str, k: int) -> list[tuple[i
     return sorted(pairs)
 
 
-def _camera(pycolmap: Any, known: Camera | None, size: tuple[int, int]) -> Any:
+def _known_camera(pycolmap: Any, camera_id: int, known: Camera, size: tuple[int, int]) -> Any:
+    """A PINHOLE camera of the known ``K`` (rescaled to ``size`` when the image was resized
+    from the camera's), with COLMAP's pixel convention (first pixel centre at 0.5)."""
     h, w = size
-    if known is None:  # COLMAP's own default for an unknown camera
-        f = 1.2 * max(h, w)
-        return pycolmap.Camera(
-            model="SIMPLE_RADIAL", width=w, height=h, params=[f, w / 2, h / 2, 0.0]
-        )
-    sx, sy = w / known.size[1], h / known.size[0]  # the image may be resized from the camera's
+    sx, sy = w / known.size[1], h / known.size[0]
     K = known.K
-    fx, fy = K[0, 0] * sx, K[1, 1] * sy
-    cx, cy = (K[0, 2] + 0.5) * sx, (K[1, 2] + 0.5) * sy  # COLMAP: first pixel centre at 0.5
-    return pycolmap.Camera(model="PINHOLE", width=w, height=h, params=[fx, fy, cx, cy])
+    cam = pycolmap.Camera(
+        model="PINHOLE",
+        width=w,
+        height=h,
+        params=[K[0, 0] * sx, K[1, 1] * sy, (K[0, 2] + 0.5) * sx, (K[1, 2] + 0.5) * sy],
+    )
+    cam.camera_id = camera_id
+    cam.has_prior_focal_length = True
+    return cam
 
 
 def _database(
     pycolmap: Any,
     path: Path,
+    image_dir: Path,
     names: Sequence[str],
     features: Sequence[Features],
     cameras: dict[str, Camera] | None,
     pairs: Sequence[tuple[int, int]],
     matches: Sequence[np.ndarray],
 ) -> None:
+    """COLMAP's own image import (cameras, rigs and frames; the focal length prior from
+    EXIF), the known cameras written over its guesses, then keypoints and matches."""
+    mode = pycolmap.CameraMode.PER_IMAGE if cameras else pycolmap.CameraMode.AUTO
+    pycolmap.Database.open(str(path)).close()  # import_images needs the file to exist
+    pycolmap.import_images(str(path), str(image_dir), mode, list(names))
     db = pycolmap.Database.open(str(path))
     try:
+        by_name = {im.name: im for im in db.read_all_images()}
         ids = []
         for name, f in zip(names, features, strict=True):
-            known = cameras.get(name) if cameras else None
-            camera_id = db.write_camera(_camera(pycolmap, known, f.image_size))
-            rig = pycolmap.Rig()
-            rig.add_ref_sensor(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id))
-            rig_id = db.write_rig(rig)
-            image_id = db.write_image(pycolmap.Image(name=name, camera_id=camera_id))
-            frame = pycolmap.Frame()
-            frame.rig_id = rig_id
-            frame.add_data_id(
-                pycolmap.data_t(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id), image_id)
-            )
-            db.write_frame(frame)
-            db.write_keypoints(image_id, (f.keypoints + 0.5).astype(np.float32))
-            ids.append(image_id)
+            image = by_name.get(name)
+            if image is None:
+                raise InputError(f"{image_dir / name}: COLMAP could not read this image")
+            cam = db.read_camera(image.camera_id)
+            if (cam.height, cam.width) != tuple(f.image_size):
+                raise InputError(
+                    f"{image_dir / name}: COLMAP reads it as {cam.height}x{cam.width}, the "
+                    f"features are of a {f.image_size[0]}x{f.image_size[1]} image (an EXIF "
+                    "orientation tag? store the image upright)"
+                )
+            if cameras:
+                db.update_camera(
+                    _known_camera(pycolmap, image.camera_id, cameras[name], f.image_size)
+                )
+            db.write_keypoints(image.image_id, (f.keypoints + 0.5).astype(np.float32))
+            ids.append(image.image_id)
         for (i, j), m in zip(pairs, matches, strict=True):
             if len(m):
                 db.write_matches(ids[i], ids[j], m.astype(np.uint32))
@@ -251,7 +263,7 @@ def reconstruct_from_features(
     try:
         db_path = work / "database.db"
         t0 = time.perf_counter()
-        _database(pycolmap, db_path, names, features, cameras, pair_list, matches)
+        _database(pycolmap, db_path, Path(image_dir), names, features, cameras, pair_list, matches)
         pairs_txt = work / "pairs.txt"
         pairs_txt.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in pair_list))
         pycolmap.verify_matches(str(db_path), str(pairs_txt), pycolmap.TwoViewGeometryOptions())
