@@ -10,12 +10,14 @@
    given);
 3. *matches* of each pair by mutual nearest neighbour (``mnn``) or with Lowe's ratio test
    (``ratio``, 0.8) on top;
-4. a COLMAP database (``OUT/database.db``): one camera per image, with the known intrinsics
-   fixed when the scene has them (``cameras/``, Strecha format,
-   :mod:`keypointlab.data.multiview`), else COLMAP's default from the image size; the
-   keypoints (shifted by half a pixel: COLMAP puts the first pixel's centre at 0.5, KeypointLab
-   at 0) and the matches; COLMAP's geometric verification (``verify_matches``) then its
-   incremental mapping;
+4. a COLMAP database (``OUT/database.db``) from COLMAP's own image import: with known
+   intrinsics (``cameras/``, Strecha format, :mod:`keypointlab.data.multiview`) one camera
+   per image, kept fixed; otherwise one shared camera when every image has the same size
+   (COLMAP's AUTO mode gave each photo of a one-phone street walk its own camera, and 6 of
+   29 registered), else COLMAP's AUTO mode, the focal length from EXIF when present; the
+   keypoints (shifted by half a pixel: COLMAP puts the first pixel's centre at 0.5,
+   KeypointLab at 0) and the matches; COLMAP's geometric verification
+   (``verify_matches``) then its incremental mapping;
 5. ``OUT/sparse/0`` (the largest model, COLMAP binary format), ``OUT/summary.json``
    (``registered_images``, ``images``, ``points3d``, ``mean_track_length``,
    ``mean_reprojection_error``, ``seconds`` per stage; with known cameras also the
@@ -132,7 +134,12 @@ def _database(
 ) -> None:
     """COLMAP's own image import (cameras, rigs and frames; the focal length prior from
     EXIF), the known cameras written over its guesses, then keypoints and matches."""
-    mode = pycolmap.CameraMode.PER_IMAGE if cameras else pycolmap.CameraMode.AUTO
+    if cameras:
+        mode = pycolmap.CameraMode.PER_IMAGE  # each its own known camera
+    elif len({tuple(f.image_size) for f in features}) == 1:
+        mode = pycolmap.CameraMode.SINGLE  # one size: taken as one camera (a walk, a turntable)
+    else:
+        mode = pycolmap.CameraMode.AUTO
     pycolmap.Database.open(str(path)).close()  # import_images needs the file to exist
     pycolmap.import_images(str(path), str(image_dir), mode, list(names))
     db = pycolmap.Database.open(str(path))
