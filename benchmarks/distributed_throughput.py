@@ -128,7 +128,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"run on {FEW} of the images): the rate once the fixed cost of a run (interpreter, "
         "torch and, under torchrun, the rendezvous and process group) is paid.",
         "",
-        f"**Note:** {meta['note']}",
+        f"**Note:** {meta['note'] or '(none given)'}",
         "",
     ]
     return "\n".join(lines)
@@ -144,10 +144,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/distributed")
     parser.add_argument(
         "--note",
-        default="another benchmark was running on this machine (two cores) during these "
-        "runs and kept one core busy, so the second process competed with it for CPU time: "
-        "the two-process numbers are not what two free cores give, and all times vary "
-        "with that benchmark's load.",
+        default="",
+        help="how loaded the machine was during the runs (written into the report)",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
