@@ -36,7 +36,7 @@ def main() -> None:
         pts = best.num_points3D() if best else 0
         print(f"{images}: {reg}/{n} registered, {pts} points, {time.perf_counter() - t0:.0f} s")
         print(
-            f"two-view configurations (COLMAP's enum: 2 calibrated, 3 uncalibrated): {dict(configs)}"
+            f"pairs by configuration (2 calibrated, 3 uncalibrated): {dict(configs)}"
         )
         print(f"focal length prior of the shared camera: {focal:.1f} px")
 
