@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,14 +35,9 @@ from keypointlab.features.h5 import (
 )
 from keypointlab.io.distributed import (
     World,
-    check_same_items,
-    exchange,
-    items_digest,
-    merge_shards,
-    remove_shards,
     reuse_shard,
+    run_sharded,
     shard,
-    shard_path,
     shard_record,
     write_shard_record,
 )
@@ -177,49 +171,32 @@ def extract_folder_distributed(
         return extract_folder(extractor, folder, out, max_keypoints, resume, progress)
     folder, out = Path(folder), Path(out)
     record = extractor_record(extractor, max_keypoints=max_keypoints)
-    shards = [shard_path(out, r, world.size) for r in range(world.size)]
 
-    keys: list[str] = []
-
-    def prepare() -> str:
-        if world.is_main:
-            stack.enter_context(output_lock(out))
+    def prepare() -> list[str]:
         paths = list_images(folder)
         if not paths:
             raise FileNotFoundError(f"{folder}: no image files found")
         check_output_file(out, inputs=paths)
-        keys.extend(k for k, _ in image_keys(folder, paths)[0])
-        return items_digest(keys)
+        return [k for k, _ in image_keys(folder, paths)[0]]
 
-    with ExitStack() as stack:
-        check_same_items(world, exchange(world, prepare), folder)
-        mine = shard_record(shard(keys, world.rank, world.size), world.rank, world.size)
+    def run_shard(path: Path, mine: list[str]) -> ExtractReport:
+        expected = shard_record(mine, world.rank, world.size)
+        if resume and reuse_shard(path, expected, lambda h5: check_record(h5, record, path)):
+            with h5py.File(path, "r") as h5:
+                reused = sum(1 for k in mine if k in h5)
+            logger.info("%s: whole, reused", path)
+            return ExtractReport(reused=reused)
+        return extract_folder(
+            extractor,
+            folder,
+            path,
+            max_keypoints,
+            resume,
+            progress and world.is_main,
+            shard_of=(world.rank, world.size),
+        )
 
-        def work() -> ExtractReport:
-            path = shards[world.rank]
-            if resume and reuse_shard(path, mine, lambda h5: check_record(h5, record, path)):
-                with h5py.File(path, "r") as h5:
-                    reused = sum(1 for k in shard(keys, world.rank, world.size) if k in h5)
-                logger.info("%s: whole, reused", path)
-                return ExtractReport(reused=reused)
-            return extract_folder(
-                extractor,
-                folder,
-                path,
-                max_keypoints,
-                resume,
-                progress and world.is_main,
-                shard_of=(world.rank, world.size),
-            )
-
-        reports = exchange(world, work)
-
-        def merge() -> None:
-            if world.is_main:
-                merge_shards(out, shards, keys)
-                remove_shards(shards)
-
-        exchange(world, merge, gather=False)
+    reports = run_sharded(world, out, folder, prepare, run_shard)
     total = ExtractReport()
     for r in reports:
         total.written += r.written

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from keypointlab.errors import KeypointLabError
 from keypointlab.io.h5 import FeatureFileError, partial_path
-from keypointlab.io.outputs import atomic_output
+from keypointlab.io.outputs import atomic_output, output_lock
 
 logger = logging.getLogger(__name__)
 
@@ -300,3 +300,48 @@ def _copy_group(src: h5py.File, where: Path, key: str, dst: h5py.File, required:
 def remove_shards(shards: Sequence[Path]) -> None:
     for path in shards:
         path.unlink(missing_ok=True)
+
+
+def run_sharded(
+    world: World,
+    out: Path,
+    source: str | Path,
+    prepare: Callable[[], list[str]],
+    run_shard: Callable[[Path, list[str]], T],
+    required: bool = False,
+) -> list[T]:
+    """The whole sharded run, on every rank of ``world`` (inside its process group).
+
+    1. ``prepare()`` on every rank, with rank 0 holding ``out``'s lock: it checks the
+       inputs and returns the items' keys in their agreed order. The ranks must agree on
+       them (:func:`check_same_items`, naming ``source``).
+    2. ``run_shard(path, keys)`` on every rank: its shard file and its share of the keys
+       (:func:`shard`), returning the rank's report.
+    3. Rank 0 merges the shards into ``out`` (:func:`merge_shards`, ``required``) and
+       removes them; the lock is released.
+
+    Returns:
+        Every rank's report, in rank order, on every rank.
+    """
+    shards = [shard_path(out, r, world.size) for r in range(world.size)]
+    keys: list[str] = []
+    with ExitStack() as stack:
+
+        def agree() -> str:
+            if world.is_main:
+                stack.enter_context(output_lock(out))
+            keys.extend(prepare())
+            return items_digest(keys)
+
+        def merge() -> None:
+            if world.is_main:
+                merge_shards(out, shards, keys, required=required)
+                remove_shards(shards)
+
+        check_same_items(world, exchange(world, agree), source)
+        reports = exchange(
+            world, lambda: run_shard(shards[world.rank], shard(keys, world.rank, world.size))
+        )
+        exchange(world, merge, gather=False)
+    return reports
+

@@ -21,7 +21,6 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,9 @@ from tqdm import tqdm
 from keypointlab.errors import InputError, OutputError
 from keypointlab.io.distributed import (
     World,
-    check_same_items,
-    exchange,
-    items_digest,
-    merge_shards,
-    remove_shards,
     reuse_shard,
+    run_sharded,
     shard,
-    shard_path,
     shard_record,
     write_shard_record,
 )
@@ -55,7 +49,7 @@ from keypointlab.io.h5 import (
     safe_key,
     write_matches,
 )
-from keypointlab.io.outputs import check_output_file, output_lock
+from keypointlab.io.outputs import check_output_file
 from keypointlab.matching.nearest import match_nn
 
 logger = logging.getLogger(__name__)
@@ -342,19 +336,12 @@ def match_pairs_distributed(
     if world.size == 1:
         return match_pairs(features_h5, pairs, out_h5, *args, resume, device, progress)
     features_h5, out_h5 = Path(features_h5), Path(out_h5)
-    shards = [shard_path(out_h5, r, world.size) for r in range(world.size)]
-    keys: list[str] = []
 
-    def prepare() -> str:
-        if world.is_main:
-            stack.enter_context(output_lock(out_h5))
+    def prepare() -> list[str]:
         check_output_file(out_h5, inputs=[features_h5])
-        keys.extend(pair_key(safe_key(a), safe_key(b)) for a, b in unique_pairs(pairs))
-        return items_digest(keys)
+        return [pair_key(safe_key(a), safe_key(b)) for a, b in unique_pairs(pairs)]
 
-    def work() -> MatchReport:
-        path = shards[world.rank]
-        mine = shard(keys, world.rank, world.size)
+    def run_shard(path: Path, mine: list[str]) -> MatchReport:
         with _open_features(features_h5) as feats:
             record = matcher_record(feats, *args)
         expected = shard_record(mine, world.rank, world.size)
@@ -374,15 +361,7 @@ def match_pairs_distributed(
             shard_of=(world.rank, world.size),
         )
 
-    def merge() -> None:
-        if world.is_main:
-            merge_shards(out_h5, shards, keys, required=True)
-            remove_shards(shards)
-
-    with ExitStack() as stack:
-        check_same_items(world, exchange(world, prepare), "pairs")
-        reports = exchange(world, work)
-        exchange(world, merge, gather=False)
+    reports = run_sharded(world, out_h5, "pairs", prepare, run_shard, required=True)
     return MatchReport(
         written=sum(r.written for r in reports), reused=sum(r.reused for r in reports)
     )
