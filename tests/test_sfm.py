@@ -48,6 +48,7 @@ def test_strecha_camera_file_and_its_errors(tmp_path):
     cam = read_strecha_camera(path)
     assert cam.size == (80, 100) and cam.K[1, 1] == 110
     np.testing.assert_allclose(cam.cam_from_world @ [1, 2, 3, 1], [0, 0, 0, 1])
+    np.testing.assert_allclose(cam.world_from_cam @ cam.cam_from_world, np.eye(4), atol=1e-12)
     path.write_text("1 2 3\n")
     with pytest.raises(InputError, match="0000.jpg.camera.*26 finite numbers"):
         read_strecha_camera(path)

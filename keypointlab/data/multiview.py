@@ -36,6 +36,14 @@ class Camera:
         T[:3, 3] = -self.R.T @ self.centre
         return T
 
+    @property
+    def world_from_cam(self) -> np.ndarray:
+        """``(4, 4)``: the camera-to-world pose ``[R | centre]``."""
+        T = np.eye(4)
+        T[:3, :3] = self.R
+        T[:3, 3] = self.centre
+        return T
+
 
 def read_strecha_camera(path: str | Path) -> Camera:
     """One ``.camera`` file; a malformed one is an :class:`InputError` naming it."""

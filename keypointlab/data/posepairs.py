@@ -178,7 +178,7 @@ def load_strecha_views(folder: str | Path) -> list[PoseView]:
     for image in images:
         cam = cameras[image.name]
         views.append(
-            PoseView(image.stem, image, cam.K, cam.size, np.linalg.inv(cam.cam_from_world))
+            PoseView(image.stem, image, cam.K, cam.size, cam.world_from_cam)
         )
     return views
 

@@ -13,8 +13,8 @@
 4. a COLMAP database (``OUT/database.db``) from COLMAP's own image import: with known
    intrinsics (``cameras/``, Strecha format, :mod:`keypointlab.data.multiview`) one camera
    per image, kept fixed; otherwise one shared camera when every image has the same size
-   (COLMAP's AUTO mode gave each photo of a one-phone street walk its own camera, and 6 of
-   29 registered), else COLMAP's AUTO mode, the focal length from EXIF when present; the
+   (photos of one camera; COLMAP's AUTO mode gave each photo of a one-phone street walk
+   its own camera), else COLMAP's AUTO mode, the focal length from EXIF when present; the
    keypoints (shifted by half a pixel: COLMAP puts the first pixel's centre at 0.5,
    KeypointLab at 0) and the matches; COLMAP's geometric verification
    (``verify_matches``) then its incremental mapping;
@@ -170,14 +170,14 @@ def _database(
         db.close()
 
 
-def _model_summary(rec: Any) -> dict[str, Any]:
+def _model_summary(rec: Any | None) -> dict[str, Any]:
+    """The summary's model figures of ``rec`` (zeros when no model was built)."""
+    points = int(rec.num_points3D()) if rec is not None else 0
     return {
-        "registered_images": int(rec.num_reg_images()),
-        "points3d": int(rec.num_points3D()),
-        "mean_track_length": float(rec.compute_mean_track_length()) if rec.num_points3D() else 0.0,
-        "mean_reprojection_error": (
-            float(rec.compute_mean_reprojection_error()) if rec.num_points3D() else 0.0
-        ),
+        "registered_images": int(rec.num_reg_images()) if rec is not None else 0,
+        "points3d": points,
+        "mean_track_length": float(rec.compute_mean_track_length()) if points else 0.0,
+        "mean_reprojection_error": float(rec.compute_mean_reprojection_error()) if points else 0.0,
     }
 
 
@@ -295,15 +295,14 @@ def reconstruct_from_features(
             "pairs": len(pair_list),
             "matches_per_pair": float(np.mean([len(m) for m in matches])) if matches else 0.0,
             "models": len(models),
-            **(_model_summary(best) if best is not None else _model_summary_empty()),
+            **_model_summary(best),
             "intrinsics": "known, fixed" if cameras else "estimated (COLMAP default start)",
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
         }
         align = None
         if best is not None and cameras:
             summary["cameras"], align = camera_centre_errors(best, cameras)
-        for sub in ("sparse",):
-            shutil.rmtree(out / sub, ignore_errors=True)
+        shutil.rmtree(out / "sparse", ignore_errors=True)
         (out / "sparse").mkdir()
         if best is not None:
             with atomic_output(out / "sparse" / "0") as tmp:
@@ -318,15 +317,6 @@ def reconstruct_from_features(
     with atomic_output(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def _model_summary_empty() -> dict[str, Any]:
-    return {
-        "registered_images": 0,
-        "points3d": 0,
-        "mean_track_length": 0.0,
-        "mean_reprojection_error": 0.0,
-    }
 
 
 def _title(s: dict[str, Any]) -> str:
