@@ -78,6 +78,12 @@ def parse_pairs(spec: str, n_images: int) -> tuple[str, int]:
     raise InputError(f"--pairs {spec!r}: use 'exhaustive' or 'retrieval:K' with K >= 1")
 
 
+def check_matcher(matcher: str) -> None:
+    """``matcher`` must be one of :data:`MATCHERS`."""
+    if matcher not in MATCHERS:
+        raise InputError(f"--matcher {matcher!r}: use one of {', '.join(MATCHERS)}")
+
+
 def global_descriptors(features: Sequence[Features]) -> np.ndarray:
     """``(N, D)``: each image's L2-normalised mean of its L2-normalised local descriptors."""
     out = []
@@ -247,8 +253,7 @@ def reconstruct_from_features(
     file name in ``image_dir`` of ``features[i]``); ``matches`` with ``pair_list`` replaces
     the matching step (index pairs into the features of each pair)."""
     pycolmap = _pycolmap()
-    if matcher not in MATCHERS:
-        raise InputError(f"--matcher {matcher!r}: use one of {', '.join(MATCHERS)}")
+    check_matcher(matcher)
     out = Path(out)
     seconds = dict(seconds or {})
     if matches is None:
@@ -352,8 +357,7 @@ def reconstruct(
     if len(paths) < 2:
         raise InputError(f"{images}: structure from motion needs at least 2 images")
     parse_pairs(pairs, len(paths))
-    if matcher not in MATCHERS:
-        raise InputError(f"--matcher {matcher!r}: use one of {', '.join(MATCHERS)}")
+    check_matcher(matcher)
     cameras = scene_cameras(images, paths)
     t0 = time.perf_counter()
     features = []
