@@ -162,6 +162,11 @@ def reconstruction_figure(
     fig = Figure(figsize=(11, 5))
     if len(points) > max_points:
         points = points[np.random.default_rng(0).choice(len(points), max_points, replace=False)]
+    both = np.concatenate([x for x in (points, centres) if len(x)] or [np.zeros((1, 3))])
+    lo, hi = np.percentile(both, 5, axis=0), np.percentile(both, 95, axis=0)
+    if len(centres):
+        lo, hi = np.minimum(lo, centres.min(0)), np.maximum(hi, centres.max(0))
+    pad = 0.15 * (hi - lo + 1e-9)
     for ax, (a, b), label in zip(
         fig.subplots(1, 2),
         ((0, 1), (0, 2)),
@@ -181,11 +186,6 @@ def reconstruction_figure(
             )
         if len(centres):
             ax.scatter(centres[:, a], centres[:, b], s=12, c="tab:red", label="registered cameras")
-        both = np.concatenate([x for x in (points, centres) if len(x)] or [np.zeros((1, 3))])
-        lo, hi = np.percentile(both, 5, axis=0), np.percentile(both, 95, axis=0)
-        if len(centres):
-            lo, hi = np.minimum(lo, centres.min(0)), np.maximum(hi, centres.max(0))
-        pad = 0.15 * (hi - lo + 1e-9)
         ax.set_xlim(lo[a] - pad[a], hi[a] + pad[a])
         ax.set_ylim(lo[b] - pad[b], hi[b] + pad[b])
         ax.set_aspect("equal", adjustable="box")
