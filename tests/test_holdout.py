@@ -137,6 +137,18 @@ def test_split_rejects_paths_outside_root(tmp_path: Path) -> None:
         split_holdout([tmp_path / "x.png"], tmp_path / "other", 0.1)
 
 
+def test_exclude_leaves_out_subfolders_and_keeps_the_split(tmp_path: Path) -> None:
+    paths = _make_images(tmp_path, 12)  # odd ones in a/, even ones in b/c/
+    train_all, held_all = holdout_paths(tmp_path, 0.3, seed=1)
+    train, held = holdout_paths(tmp_path, 0.3, seed=1, exclude=["b"])
+    assert set(train) | set(held) == {p for p in paths if p.parent.name == "a"}
+    assert set(train) <= set(train_all) and set(held) <= set(held_all)  # no image moves
+    assert holdout_paths(tmp_path, 0.3, seed=1, exclude=["b/c/"]) == (train, held)
+    assert holdout_paths(tmp_path, 0.3, seed=1, exclude=["c"]) == (train_all, held_all)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        holdout_paths(tmp_path, 0.3, exclude=["a", "b"])
+
+
 def test_holdout_paths_errors_name_the_folder(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

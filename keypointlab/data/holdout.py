@@ -139,19 +139,32 @@ def split_holdout(
 
 
 def holdout_paths(
-    root: str | Path, fraction: float, seed: int = 0
+    root: str | Path, fraction: float, seed: int = 0, exclude: list[str] | tuple = ()
 ) -> tuple[list[Path], list[Path]]:
-    """``(train_paths, held_out_paths)`` of the images below ``root`` (recursively).
+    """``(train_paths, held_out_paths)`` of the images below ``root`` (recursively),
+    leaving out those under the subfolders ``exclude`` (paths relative to ``root``, e.g.
+    an image group that an evaluation also uses). Excluding images never moves another
+    image to the other side of the split.
 
     Raises:
         FileNotFoundError: ``root`` does not exist or holds no image file.
         ValueError: see :func:`split_holdout`.
     """
     root = Path(root)
-    paths = list_images(root)
+    paths = excluded(list_images(root), root, exclude)
     if not paths:
         raise FileNotFoundError(f"{root}: no image files found below this folder")
     return split_holdout(paths, root, fraction, seed)
+
+
+def excluded(paths: list[Path], root: Path, exclude: list[str] | tuple) -> list[Path]:
+    """``paths`` (below ``root``) without those under the subfolders ``exclude``."""
+    prefixes = [Path(e).as_posix().strip("/") + "/" for e in exclude if str(e).strip("/")]
+    if not prefixes:
+        return list(paths)
+    return [
+        p for p in paths if not any(_relative_key(p, root).startswith(x) for x in prefixes)
+    ]
 
 
 def _center_crop_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

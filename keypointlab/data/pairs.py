@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from keypointlab.data.augment import Photometric
 from keypointlab.data.holdout import holdout_paths
-from keypointlab.data.images import list_images, read_images
+from keypointlab.data.images import read_images
 from keypointlab.geometry import HomographyConfig, sample_homography, warp_image, warp_points
 from keypointlab.geometry.homography import resize_matrix
 
@@ -47,18 +47,19 @@ def load_image_cache(
     progress: bool = True,
     holdout: float = 0.0,
     holdout_seed: int = 0,
+    exclude: list[str] | tuple = (),
 ) -> list[np.ndarray]:
     """Read every image below ``root`` but the held-out ones, downscaled so its longer side
     is ``<= max_side``.
 
     ``holdout`` is the fraction of images kept out for validation (a fixed split by path,
     :func:`keypointlab.data.holdout.split_holdout`). Unreadable files are reported and
-    skipped.
+    skipped. Images under the subfolders ``exclude`` (relative to ``root``) are left out.
 
     Raises:
         FileNotFoundError: ``root`` is missing or holds no readable image.
     """
-    paths = holdout_paths(root, holdout, holdout_seed)[0] if holdout else list_images(root)
+    paths = holdout_paths(root, holdout, holdout_seed, exclude)[0]
     images = []
     for _path, image, _ in tqdm(
         read_images(paths),

@@ -98,6 +98,7 @@ def build_dataset(data_conf: dict[str, Any], seed: int, progress: bool = True) -
             progress=progress,
             holdout=data_conf.get("holdout", 0.0),
             holdout_seed=data_conf.get("holdout_seed", 0),
+            exclude=data_conf.get("exclude", ()),
         )
     return source.build(data_conf, images, seed)
 

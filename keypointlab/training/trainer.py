@@ -86,6 +86,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         # path, keypointlab.data.holdout); the validation pairs are made from it
         "holdout": 0.1,
         "holdout_seed": 0,
+        # subfolders of data.train left out of training and validation (e.g. images an
+        # evaluation also uses)
+        "exclude": [],
     },
     "train": {
         "seed": 0,
@@ -486,7 +489,7 @@ class Trainer:
             return self._validation_dir
         if not d["holdout"]:
             raise ValueError("eval.data 'holdout' needs data.holdout > 0 (a held-out fraction)")
-        held_out = holdout_paths(d["train"], d["holdout"], d["holdout_seed"])[1]
+        held_out = holdout_paths(d["train"], d["holdout"], d["holdout_seed"], d["exclude"])[1]
         if not held_out:
             raise ValueError(f"{d['train']}: data.holdout={d['holdout']} holds out no image")
         self._validation_dir = build_validation_benchmark(
