@@ -36,3 +36,74 @@ def vgg_encoder(
             layers.append(nn.MaxPool2d(2, 2))
         cin = w
     return nn.Sequential(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """A ResNet block: *basic* (two 3x3 convolutions) or *bottleneck* (1x1, 3x3, 1x1 with
+    ``width / 4`` inner channels), batch norm, the identity or a strided 1x1 convolution
+    as the shortcut, ReLU after the sum. A stride-2 block maps output cell ``k`` onto the
+    input cell ``2 k`` (3x3 convolution with padding 1, 1x1 shortcut with none)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, bottleneck: bool = False) -> None:
+        super().__init__()
+        if bottleneck:
+            mid = max(cout // 4, 1)
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, mid, 1, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(mid),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(mid, cout, 1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+        else:
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):  # noqa: D102
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet_encoder(
+    stem: int,
+    widths: Sequence[int],
+    blocks: Sequence[int],
+    strides: Sequence[int],
+    stem_kernel: int = 7,
+    bottleneck: bool = False,
+) -> nn.Sequential:
+    """ResNet up to its last stage: a ``stem_kernel`` stride-2 convolution to ``stem``
+    channels (+ batch norm, ReLU), a 3x3 stride-2 max-pool, then one stage per entry of
+    ``widths`` with ``blocks`` :class:`ResidualBlock` s, the first of stride ``strides``.
+    The output stride is ``4 * prod(strides)``; output cell ``k`` is centred on input pixel
+    ``stride * k`` (every downsampling maps ``k`` onto ``2 k``)."""
+    if not (len(widths) == len(blocks) == len(strides)) or min(blocks, default=0) < 1:
+        raise ValueError(
+            f"resnet_encoder: widths, blocks and strides need one positive entry per stage, "
+            f"got {list(widths)}, {list(blocks)}, {list(strides)}"
+        )
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, stem, stem_kernel, stride=2, padding=stem_kernel // 2, bias=False),
+        nn.BatchNorm2d(stem),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    ]
+    cin = stem
+    for width, n, stride in zip(widths, blocks, strides, strict=True):
+        for b in range(n):
+            layers.append(ResidualBlock(cin, width, stride if b == 0 else 1, bottleneck))
+            cin = width
+    return nn.Sequential(*layers)
