@@ -23,6 +23,10 @@ Sources:
     ``keypoint_map0/1`` and ``valid_mask0/1`` ``(H, W)``. SuperPoint (and MagicPoint in
     later rounds) trains on it.
 
+Other modules register their own: ``depth_pairs`` (:mod:`keypointlab.data.depth`, RGB-D
+frames with known poses) and ``instances`` (:mod:`keypointlab.data.instances`, two views of
+a training photograph with the photograph's index as class label; DELF trains on it).
+
 Keypoint maps hold 1 at the pixel ``round(xy)`` of each keypoint inside the view and its
 valid region; valid masks are 1 where the view shows the source image, eroded by
 ``VALID_BORDER`` pixels (interpolation at the border is unreliable).

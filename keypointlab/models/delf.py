@@ -270,7 +270,9 @@ class DELF(BaseModel):
             to_image = f.new_tensor(np.linalg.inv(resize_matrix((h, w), size)))
             xy = warp_points(cell_grid(fh, fw, f.device, f.dtype) * STRIDE, to_image)
             n = fh * fw
-            parts.append({"keypoints": xy, "scores": a.reshape(-1), "scales": f.new_full((n,), STRIDE / s)})
+            parts.append(
+                {"keypoints": xy, "scores": a.reshape(-1), "scales": f.new_full((n,), STRIDE / s)}
+            )
             descriptors.append(f.reshape(f.shape[0], -1).T)
         if not parts:
             raise ValueError(f"DELF: image of size {h}x{w} is too small for every pyramid level")

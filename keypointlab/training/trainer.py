@@ -62,7 +62,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "model": {},  # checked by the model's own default_conf
     "loss": {},  # checked by the method's loss defaults
     "data": {
-        "source": "pairs",  # pairs | synthetic | adapted_pairs (keypointlab.data.sources)
+        "source": "pairs",  # pairs | synthetic | adapted_pairs | depth_pairs | instances
         "labels": "",  # adapted_pairs: HDF5 keypoints written by `keypointlab adapt`
         "train": "../shared/data/train",
         "size": [120, 160],
