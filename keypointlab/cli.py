@@ -159,7 +159,18 @@ def _max_pixels(text: str) -> int:
 
 
 # Commands that read images take --max-pixels (see keypointlab.limits).
-IMAGE_COMMANDS = ("demo", "evaluate", "train", "extract", "ship", "adapt", "match", "reconstruct")
+IMAGE_COMMANDS = (
+    "demo",
+    "evaluate",
+    "train",
+    "extract",
+    "ship",
+    "adapt",
+    "match",
+    "reconstruct",
+    "index",
+    "query",
+)
 
 
 def _bounded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -231,6 +242,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError("give --features NAME [NAME ...] and/or --features-file FILE")
     if args.task == "pose":
         return _evaluate_pose(args)
+    if args.task == "retrieval":
+        return _evaluate_retrieval(args)
     configs = _standard_configs(args.size, args.top_k)
     for size, _ in configs:
         parse_size(size)  # fail before any work on a bad size
@@ -263,6 +276,141 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
     print(f"\nreport: {files['markdown']}\nresults: {files['json']}")
     return 0
+
+
+def _evaluate_retrieval(args: argparse.Namespace) -> int:
+    """``evaluate --task retrieval``: leave-one-out retrieval over a folder of groups
+    (:mod:`keypointlab.evaluation.retrieval`), top-1000 keypoints unless given."""
+    from keypointlab.evaluation.retrieval import (
+        evaluate_retrieval,
+        load_retrieval_data,
+        markdown_table,
+        write_retrieval_report,
+    )
+    from keypointlab.retrieval.global_features import get_retrieval_extractor
+
+    if args.features_file:
+        raise ValueError("--task retrieval extracts its own features: give --features only")
+    top_k = args.top_k or 1000
+    data = load_retrieval_data(args.data, args.distractors)
+    extractors = [  # every name checked before any extraction
+        get_retrieval_extractor(n, max_keypoints=top_k, **_learned_options(args))
+        for n in args.features
+    ]
+    results = []
+    for extractor in extractors:
+        results += evaluate_retrieval(
+            extractor,
+            data,
+            args.max_side,
+            args.knn,
+            args.verify,
+            args.ransac_px,
+            progress=not args.quiet,
+        )
+    meta = {
+        "data": str(args.data),
+        "distractors": str(args.distractors) if args.distractors else "",
+        "queries": len(data.queries),
+        "database": len(data.paths),
+        "max_side": args.max_side,
+        "top_k": top_k,
+        "knn": args.knn,
+        "verify": args.verify,
+        "ransac_px": args.ransac_px,
+    }
+    files = write_retrieval_report(results, data, args.out, meta)
+    print(markdown_table(results))
+    print(f"\nreport: {files['markdown']}\nresults: {files['json']}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from keypointlab.io.outputs import check_output_dir, output_lock
+    from keypointlab.retrieval.global_features import get_retrieval_extractor
+    from keypointlab.retrieval.index import build_index
+
+    check_output_dir(args.out, inputs=[args.database])
+    extractor = get_retrieval_extractor(
+        args.features, max_keypoints=args.max_keypoints, **_learned_options(args)
+    )
+    with output_lock(args.out):
+        index = build_index(args.database, extractor, args.max_side, progress=not args.quiet)
+        options = {"features": args.features, "max_keypoints": args.max_keypoints}
+        options.update(scales=args.scales, rotations=args.rotations)
+        index.meta["extractor"] = options  # `query` rebuilds the same extractor
+        index.save(args.out)
+    print(
+        f"{args.out}: {index.images} images, {index.descriptors} descriptors of "
+        f"{index.feature}, {index.nbytes() / 1e6:.1f} MB"
+    )
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from keypointlab.data.images import read_image
+    from keypointlab.errors import InputError
+    from keypointlab.retrieval.global_features import get_retrieval_extractor
+    from keypointlab.retrieval.index import load_index, resize_to
+    from keypointlab.retrieval.query import rank
+
+    index = load_index(args.index)
+    meta = index.meta
+    options = {**meta.get("extractor", {"features": index.feature}), "device": args.device}
+    if args.scales is not None:
+        options["scales"] = args.scales
+    extractor = get_retrieval_extractor(options.pop("features"), **options)
+    if extractor.name != index.feature:
+        raise InputError(f"{args.index}: made with {index.feature!r}, not {extractor.name!r}")
+    feats = extractor.extract(resize_to(read_image(args.image), int(meta.get("max_side", 640))))
+    ranking = rank(index, feats, args.knn, args.verify, args.ransac_px, args.votes_only).top(
+        args.top
+    )
+    rows = []
+    print("| rank | image | group | inliers | votes | score |\n|---|---|---|---|---|---|")
+    for r, (i, v, n, sc) in enumerate(
+        zip(ranking.images, ranking.votes, ranking.inliers, ranking.scores, strict=True), 1
+    ):
+        rows.append(
+            {
+                "rank": r,
+                "image": index.paths[i],
+                "group": index.groups[i],
+                "inliers": int(n),
+                "votes": int(v),
+                "score": float(sc),
+            }
+        )
+        shown = "-" if n < 0 else str(int(n))
+        print(f"| {r} | {index.paths[i]} | {index.groups[i]} | {shown} | {int(v)} | {sc:.3f} |")
+    if args.json:
+        import json
+
+        from keypointlab.evaluation.report import write_atomic
+
+        write_atomic(args.json, json.dumps({"query": str(args.image), "results": rows}, indent=1))
+    return 0
+
+
+def _add_retrieval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--knn",
+        type=_count("--knn", 1, 1000),
+        default=10,
+        help="nearest database descriptors per query descriptor (default 10)",
+    )
+    p.add_argument(
+        "--verify",
+        type=_count("--verify", 0, 10_000),
+        default=30,
+        help="best-voted images verified by RANSAC (default 30)",
+    )
+    p.add_argument(
+        "--ransac-px",
+        type=float,
+        default=15.0,
+        help="RANSAC reprojection threshold in pixels at --max-side (default 15)",
+    )
 
 
 def _evaluate_pose(args: argparse.Namespace) -> int:
@@ -497,8 +645,14 @@ def cmd_ship(args: argparse.Namespace) -> int:
         except yaml.YAMLError as exc:
             raise InputError(f"--model-option {item!r}: invalid YAML ({_one_line(exc)})") from None
     card = ship_model(
-        args.run, args.name, args.eval_data, note=args.note, scales=args.scales,
-        model_options=options, weights_of=args.weights_of, force=args.force,
+        args.run,
+        args.name,
+        args.eval_data,
+        note=args.note,
+        scales=args.scales,
+        model_options=options,
+        weights_of=args.weights_of,
+        force=args.force,
     )
     print(card.read_text())
     return 0
@@ -594,12 +748,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("eval-report"))
     p.add_argument(
         "--task",
-        choices=["homography", "pose"],
+        choices=["homography", "pose", "retrieval"],
         default="homography",
         help="homography: HPatches-format sequences (default); pose: relative pose on an "
         "RGB-D folder (7-Scenes, Redwood) or a multi-view folder (images/ + cameras/), "
-        "at --size 480x640 unless given",
+        "at --size 480x640 unless given; retrieval: a folder of groups (DIR/<group>/*.jpg, "
+        "optional DIR/distractors/), each image querying all others (needs faiss-cpu)",
     )
+    p.add_argument(
+        "--distractors",
+        type=Path,
+        default=None,
+        help="--task retrieval: a folder of distractor images added to the database",
+    )
+    p.add_argument(
+        "--max-side",
+        type=_count("--max-side", 16),
+        default=640,
+        help="--task retrieval: images shrunk to this longer side (default 640)",
+    )
+    _add_retrieval_options(p)
     p.add_argument(
         "--max-pairs",
         type=_count("--max-pairs"),
@@ -609,6 +777,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_learned_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("index", help="index a folder of images for retrieval (faiss)")
+    p.add_argument("database", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("--features", default="sift", help="feature name, e.g. delf, sift, delf-global")
+    p.add_argument("--out", type=Path, required=True, help="index folder to write")
+    p.add_argument("--max-side", type=_count("--max-side", 16), default=640)
+    p.add_argument("--max-keypoints", type=_count("--max-keypoints"), default=1000)
+    _add_learned_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("query", help="rank an index's images for a query image")
+    p.add_argument("image", type=Path, help="the query image")
+    p.add_argument("--index", type=Path, required=True, help="folder from `keypointlab index`")
+    p.add_argument("--top", type=_count("--top"), default=10, help="results shown (default 10)")
+    p.add_argument("--votes-only", action="store_true", help="rank by kNN votes, no RANSAC")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    _add_retrieval_options(p)
+    _add_learned_options(p)
+    p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("train", help="train a method from a YAML config")
     p.add_argument("config", type=Path, help="e.g. keypointlab/configs/kp2d.yaml")
@@ -665,11 +853,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model's default image scales, e.g. 1.41,1,0.71 (measured beside scale 1)",
     )
     p.add_argument(
-        "--model-option", action="append", default=[], metavar="KEY=VALUE",
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a model config entry, e.g. pyramid=[0.5,1,2] (repeatable)",
     )
     p.add_argument(
-        "--weights-of", default=None, metavar="NAME",
+        "--weights-of",
+        default=None,
+        metavar="NAME",
         help="write no weights: use those of the shipped model NAME (same run)",
     )
     p.add_argument("--force", action="store_true", help="replace a shipped model of that name")
@@ -714,11 +907,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--features", default="sift")
     p.add_argument("--matcher", default="mnn", choices=["mnn", "ratio"])
+    p.add_argument("--pairs", default="exhaustive", help="exhaustive (default) or retrieval:K")
     p.add_argument(
-        "--pairs", default="exhaustive", help="exhaustive (default) or retrieval:K"
-    )
-    p.add_argument(
-        "--max-keypoints", type=_count("--max-keypoints", 1), default=None,
+        "--max-keypoints",
+        type=_count("--max-keypoints", 1),
+        default=None,
         help="keep the best N keypoints per image",
     )
     p.add_argument("--out", type=Path, default=Path("reconstruction"))

@@ -1,4 +1,4 @@
-"""Figures for reports: MMA curves, per-sequence bars and match pictures.
+"""Figures for reports: MMA curves, per-sequence bars, match pictures, retrieval results.
 
 Built with :class:`matplotlib.figure.Figure` directly, so no GUI backend or global pyplot
 state is involved.
@@ -192,4 +192,38 @@ def reconstruction_figure(
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def retrieval_figure(
+    panels: Sequence[tuple[tuple[Path, str | None], Sequence[tuple[Path, str | None]], float]],
+    title: str = "",
+    thumb: int = 160,
+) -> Figure:
+    """One row per query: the query, then its ranked results framed green when they share
+    the query's group and red otherwise (distractors have group ``None``). ``panels`` are
+    ``((query path, group), [(result path, group), ...], average precision)``."""
+    from keypointlab.data.images import read_image, resize_image
+
+    cols = 1 + max((len(r) for _, r, _ in panels), default=0)
+    fig = Figure(figsize=(2.0 * cols, 1.7 * max(len(panels), 1) + 0.3))
+    for row, ((qpath, qgroup), results, ap) in enumerate(panels):
+        for col, (path, group) in enumerate([(qpath, qgroup), *results]):
+            ax = fig.add_subplot(len(panels), cols, row * cols + col + 1)
+            image = read_image(path)
+            h, w = image.shape[:2]
+            s = thumb / max(h, w)
+            ax.imshow(resize_image(image, (max(1, round(h * s)), max(1, round(w * s)))))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            colour = "black" if col == 0 else ("green" if group == qgroup else "red")
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(1 if col == 0 else 4)
+            label = (
+                f"query ({qgroup}, AP {ap:.2f})" if col == 0 else f"{col}: {group or 'distractor'}"
+            )
+            ax.set_title(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     return fig
