@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -135,12 +136,31 @@ def test_retrieval_pairs_are_the_nearest_by_global_descriptor():
 
     # images 0 and 1 alike, 2 and 3 alike: one nearest neighbour each
     feats = [f([1, 0, 0]), f([0.9, 0.1, 0]), f([0, 0, 1]), f([0, 0.1, 0.9])]
-    assert image_pairs(feats, "retrieval", 1) == [(0, 1), (2, 3)]
+    with mock.patch("importlib.util.find_spec", return_value=None):  # no faiss: the fallback
+        assert image_pairs(feats, "retrieval", 1) == [(0, 1), (2, 3)]
     assert len(image_pairs(feats, "exhaustive", 0)) == 6
     assert parse_pairs("retrieval:10", 4) == ("retrieval", 3)
     for bad in ("retrieval", "retrieval:0", "nearby:3", "retrieval:x"):
         with pytest.raises(InputError, match="--pairs"):
             parse_pairs(bad, 4)
+
+
+def test_retrieval_pairs_by_votes_of_the_index():
+    pytest.importorskip("faiss", reason="kNN votes need faiss-cpu (the retrieval extra)")
+    from keypointlab.sfm.reconstruct import image_pairs
+
+    rng = np.random.default_rng(0)
+    words = rng.normal(size=(4, 40, 16)).astype(np.float32)  # 4 places, 40 descriptors each
+
+    def f(place, noise):
+        d = words[place] + noise * rng.normal(size=(40, 16)).astype(np.float32)
+        return Features(rng.uniform(0, 99, (40, 2)), np.ones(40), d, (100, 100))
+
+    # images 0 and 3 show place 0, 1 and 2 place 1; 4 and 5 places 2 and 3 alone
+    feats = [f(0, 0.1), f(1, 0.1), f(1, 0.1), f(0, 0.1), f(2, 0.1), f(3, 0.1)]
+    pairs = image_pairs(feats, "retrieval", 1)
+    assert (0, 3) in pairs and (1, 2) in pairs
+    assert all(not ({a, b} <= {0, 1, 2, 3}) or {a, b} in ({0, 3}, {1, 2}) for a, b in pairs)
 
 
 def test_cli_errors_name_the_input(tmp_path, capsys):

@@ -4,10 +4,10 @@
 
 1. *features* of every image at its own resolution (any extractor: classical, shipped or a
    checkpoint);
-2. *pairs*: ``exhaustive`` (every pair) or ``retrieval:K`` (each image with its ``K`` most
-   similar others by a global descriptor: the L2-normalised mean of the image's
-   L2-normalised local descriptors, a bag-of-features fallback until a retrieval index is
-   given);
+2. *pairs*: ``exhaustive`` (every pair) or ``retrieval:K`` (each image with its ``K`` best
+   others by kNN votes of its descriptors in a retrieval index of all images,
+   :mod:`keypointlab.retrieval`; without faiss, by a global descriptor: the L2-normalised
+   mean of the image's L2-normalised local descriptors);
 3. *matches* of each pair by mutual nearest neighbour (``mnn``) or with Lowe's ratio test
    (``ratio``, 0.8) on top;
 4. a COLMAP database (``OUT/database.db``) from COLMAP's own image import: with known
@@ -31,6 +31,7 @@ comes last, so a folder without it is an unfinished run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -96,19 +97,32 @@ def global_descriptors(features: Sequence[Features]) -> np.ndarray:
 
 
 def image_pairs(features: Sequence[Features], kind: str, k: int) -> list[tuple[int, int]]:
-    """Index pairs ``(i, j)``, ``i < j``, sorted: all of them, or each image's ``k`` nearest
-    others by :func:`global_descriptors` (cosine similarity), made symmetric."""
+    """Index pairs ``(i, j)``, ``i < j``, sorted: all of them, or each image's ``k`` best
+    others, made symmetric: by kNN votes of the retrieval index
+    (:func:`keypointlab.retrieval.query.rank`, votes only: COLMAP verifies the matches)
+    when faiss is installed, else by cosine similarity of :func:`global_descriptors`."""
     n = len(features)
     if kind == "exhaustive":
         return [(i, j) for i in range(n) for j in range(i + 1, n)]
-    g = global_descriptors(features)
-    sim = g @ g.T
-    np.fill_diagonal(sim, -np.inf)
-    pairs = set()
-    for i in range(n):
-        for j in np.argsort(-sim[i], kind="stable")[:k]:
-            pairs.add((min(i, int(j)), max(i, int(j))))
-    return sorted(pairs)
+    if importlib.util.find_spec("faiss") is not None:
+        neighbours = _voted_neighbours(features, k)
+    else:
+        logger.info("retrieval pairs by mean descriptors (pip install faiss-cpu for kNN votes)")
+        g = global_descriptors(features)
+        sim = g @ g.T
+        np.fill_diagonal(sim, -np.inf)
+        neighbours = [np.argsort(-sim[i], kind="stable")[:k] for i in range(n)]
+    return sorted({(min(i, int(j)), max(i, int(j))) for i in range(n) for j in neighbours[i]})
+
+
+def _voted_neighbours(features: Sequence[Features], k: int) -> list[np.ndarray]:
+    """Each image's ``k`` best others by kNN votes of all images' descriptors."""
+    from keypointlab.retrieval.index import index_features
+    from keypointlab.retrieval.query import rank
+
+    names = [str(i) for i in range(len(features))]
+    index = index_features(features, names, [""] * len(features), "reconstruct")
+    return [rank(index, f, votes_only=True, exclude=i).images[:k] for i, f in enumerate(features)]
 
 
 def _known_camera(pycolmap: Any, camera_id: int, known: Camera, size: tuple[int, int]) -> Any:
