@@ -132,8 +132,12 @@ def _row(
                 "scores": [float(s) for s in ranking.scores[:10]],
             }
         )
+    by_group: dict[str, list[float]] = {}
+    for (q, _, _), ap in zip(rankings, aps, strict=True):
+        by_group.setdefault(str(data.groups[q]), []).append(ap)
     summary = {
         "map": float(np.mean(aps)),
+        "map_by_group": {g: float(np.mean(v)) for g, v in sorted(by_group.items())},
         **{f"precision_at_{k}": float(np.mean(v)) for k, v in pk.items()},
         "queries": len(rankings),
         "seconds_per_query": float(np.mean([s for _, _, s in rankings])),
@@ -198,6 +202,16 @@ def markdown_table(results: list[RetrievalResult]) -> str:
     return "\n".join(lines)
 
 
+def group_table(results: list[RetrievalResult]) -> str:
+    """mAP per query group, one row per result."""
+    groups = sorted({g for r in results for g in r.summary["map_by_group"]})
+    lines = ["| features | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+    for r in results:
+        m = r.summary["map_by_group"]
+        lines.append(f"| {r.method} | " + " | ".join(f"{m.get(g, 0):.3f}" for g in groups) + " |")
+    return "\n".join(lines)
+
+
 def write_retrieval_report(
     results: list[RetrievalResult],
     data: RetrievalData,
@@ -244,6 +258,10 @@ def write_retrieval_report(
         "seconds are search + verification, without extraction.",
         "",
         markdown_table(results),
+        "",
+        "mAP of each group's queries:",
+        "",
+        group_table(results),
         "",
         "![top 5](top5.png)",
         "",
