@@ -597,6 +597,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             max_keypoints=args.max_keypoints,
             progress=not args.quiet,
             extract=_extract_file,
+            seed=args.seed,
         )
     print(
         f"{s['method']}: {s['registered_images']}/{s['images']} images registered, "
@@ -782,8 +783,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("database", type=Path, help="folder of images (searched recursively)")
     p.add_argument("--features", default="sift", help="feature name, e.g. delf, sift, delf-global")
     p.add_argument("--out", type=Path, required=True, help="index folder to write")
-    p.add_argument("--max-side", type=_count("--max-side", 16), default=640)
-    p.add_argument("--max-keypoints", type=_count("--max-keypoints"), default=1000)
+    p.add_argument(
+        "--max-side",
+        type=_count("--max-side", 16),
+        default=640,
+        help="images resized so their longer side is at most this (default 640); queries too",
+    )
+    p.add_argument(
+        "--max-keypoints",
+        type=_count("--max-keypoints"),
+        default=1000,
+        help="best keypoints kept per image (default 1000)",
+    )
     _add_learned_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
@@ -915,6 +926,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the best N keypoints per image",
     )
     p.add_argument("--out", type=Path, default=Path("reconstruction"))
+    p.add_argument(
+        "--seed",
+        type=_count("--seed", 0, 2**31 - 1),
+        default=0,
+        help="RANSAC seed of COLMAP's verification and mapping (default 0)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_learned_options(p)
     p.set_defaults(func=cmd_reconstruct)

@@ -128,6 +128,43 @@ def test_synthetic_scene_registers_every_camera(tmp_path, known):
     assert not (out / ".work").exists()
 
 
+def test_same_seed_same_model_with_outlier_matches(tmp_path):
+    """COLMAP's verification draws a fresh RANSAC seed per run by default; reconstruct seeds
+    it, so outlier-laden matches give the same model twice."""
+    pytest.importorskip("pycolmap", reason="reconstruct needs the sfm extra (pycolmap)")
+    from keypointlab.sfm import reconstruct_from_features
+
+    names, features, _, pairs, matches = _synthetic_scene()
+    rng = np.random.default_rng(1)
+    noisy = []
+    for m in matches:  # 40% of each pair's matches replaced by random ones
+        m = m.copy()
+        k = rng.choice(len(m), int(0.4 * len(m)), replace=False)
+        m[k, 1] = rng.permutation(m[k, 1])
+        noisy.append(m)
+    images = tmp_path / "images"
+    images.mkdir()
+    for n in names:
+        cv2.imwrite(str(images / n), np.zeros((480, 640), np.uint8))
+    runs = []
+    for out in ("a", "b"):
+        s = reconstruct_from_features(
+            images,
+            names,
+            features,
+            tmp_path / out,
+            matches=noisy,
+            pair_list=pairs,
+            threads=1,
+            progress=False,
+            seed=3,
+        )
+        s.pop("seconds")
+        runs.append(s)
+    assert runs[0]["seed"] == 3 and runs[0]["registered_images"] == len(names)
+    assert runs[0] == runs[1]  # to the last digit of the reprojection error
+
+
 def test_retrieval_pairs_are_the_nearest_by_global_descriptor():
     from keypointlab.sfm.reconstruct import image_pairs, parse_pairs
 

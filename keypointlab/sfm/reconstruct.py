@@ -17,7 +17,9 @@
    its own camera), else COLMAP's AUTO mode, the focal length from EXIF when present; the
    keypoints (shifted by half a pixel: COLMAP puts the first pixel's centre at 0.5,
    KeypointLab at 0) and the matches; COLMAP's geometric verification
-   (``verify_matches``) then its incremental mapping;
+   (``verify_matches``) then its incremental mapping, both RANSAC-seeded by ``seed`` (the
+   same inputs give the same model; on the Lund street walk, how many images register
+   depends on the seed, benchmarks/README.md);
 5. ``OUT/sparse/0`` (the largest model, COLMAP binary format), ``OUT/summary.json``
    (``registered_images``, ``images``, ``points3d``, ``mean_track_length``,
    ``mean_reprojection_error``, ``seconds`` per stage; with known cameras also the
@@ -261,6 +263,7 @@ def reconstruct_from_features(
     threads: int = -1,
     progress: bool = True,
     seconds: dict[str, float] | None = None,
+    seed: int = 0,
     method: str = "",
 ) -> dict[str, Any]:
     """Steps 2-5 of the module docstring from features already extracted (``names[i]`` the
@@ -292,12 +295,14 @@ def reconstruct_from_features(
         _database(pycolmap, db_path, Path(image_dir), names, features, cameras, pair_list, matches)
         pairs_txt = work / "pairs.txt"
         pairs_txt.write_text("".join(f"{names[i]} {names[j]}\n" for i, j in pair_list))
-        pycolmap.verify_matches(str(db_path), str(pairs_txt), pycolmap.TwoViewGeometryOptions())
+        verify = pycolmap.TwoViewGeometryOptions()
+        verify.ransac.random_seed = seed  # COLMAP's default (-1) draws a new seed each run
+        pycolmap.verify_matches(str(db_path), str(pairs_txt), verify)
         seconds["verify"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         options = pycolmap.IncrementalPipelineOptions()
         options.num_threads = threads
-        options.random_seed = 0
+        options.random_seed = seed
         if cameras:  # known intrinsics stay fixed
             options.ba_refine_focal_length = False
             options.ba_refine_principal_point = False
@@ -317,6 +322,7 @@ def reconstruct_from_features(
             **_model_summary(best),
             "intrinsics": "known, fixed" if cameras else "estimated (COLMAP default start)",
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "seed": seed,
         }
         align = None
         if best is not None and cameras:
@@ -356,6 +362,7 @@ def reconstruct(
     threads: int = -1,
     progress: bool = True,
     extract: Callable[[Extractor, Path], Features] | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Structure from motion of a folder of images (or a scene folder with ``images/`` and
     ``cameras/``) with ``extractor``'s features; returns the summary (module docstring).
@@ -393,4 +400,5 @@ def reconstruct(
         progress=progress,
         seconds=seconds,
         method=extractor.name,
+        seed=seed,
     )
