@@ -16,7 +16,7 @@ from keypointlab.cli import main
 from keypointlab.data.multiview import Camera, read_strecha_camera, scene_images
 from keypointlab.errors import InputError
 from keypointlab.features.base import Features
-from keypointlab.geometry.alignment import aligned_errors, similarity_transform
+from keypointlab.geometry.alignment import aligned_errors, similarity_transform, upright_rotation
 
 CASTLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sfm" / "castle-P30"
 
@@ -41,6 +41,26 @@ def test_similarity_transform_recovers_a_hand_made_one():
     assert err.argmax() == 0 and 0 < err[0] < 0.4
     with pytest.raises(ValueError):
         similarity_transform(src[:2], dst[:2])
+
+
+def test_upright_rotation_of_cameras_on_a_tilted_model():
+    # Upright cameras in a z-up world, looking roughly along +x; the model's frame is the
+    # world turned by some rotation T, as COLMAP's first-camera frame would be.
+    cams = []
+    for yaw in (-20.0, 0.0, 25.0):
+        cam_in_world = np.array([[0, 0, 1.0], [-1, 0, 0], [0, -1, 0]])  # x_c=-y, y_c=-z, z_c=x
+        cams.append(_rz(yaw) @ cam_in_world)
+    a = np.radians(35)
+    T = _rz(70) @ np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    R = upright_rotation(np.stack([T @ c for c in cams]))
+    # up comes back as z, the mean view (+x, yaw about 1.7 deg) as y, its right as x
+    np.testing.assert_allclose(R @ T @ [0, 0, 1.0], [0, 0, 1], atol=1e-12)
+    view = R @ T @ [1.0, 0, 0]
+    assert view[1] > 0.999 and abs(view[2]) < 1e-12
+    np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(R) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="rotations"):
+        upright_rotation(np.eye(3))
 
 
 def test_strecha_camera_file_and_its_errors(tmp_path):

@@ -50,7 +50,7 @@ from keypointlab.data.images import read_image
 from keypointlab.data.multiview import Camera, scene_cameras, scene_images
 from keypointlab.errors import InputError
 from keypointlab.features.base import Extractor, Features
-from keypointlab.geometry.alignment import similarity_transform
+from keypointlab.geometry.alignment import similarity_transform, upright_rotation
 from keypointlab.io.outputs import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -247,6 +247,10 @@ def _figure(
     if align is not None and cameras:
         points, centres = align(points), align(centres)
         true = np.stack([c.centre for c in cameras.values()])
+    elif len(centres):  # COLMAP's frame is its first camera's (y down): turn it upright
+        posed = [im for im in rec.images.values() if im.has_pose]
+        up = upright_rotation(np.stack([im.cam_from_world().rotation.matrix().T for im in posed]))
+        points, centres = points @ up.T, centres @ up.T
     save_figure(reconstruction_figure(points, centres, true, title), path)
 
 
