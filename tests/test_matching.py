@@ -144,6 +144,81 @@ def test_ties_between_duplicate_real_valued_descriptors(dtype):
     assert not failures
 
 
+def _hard_sets(dtype, n0: int, n1: int, dim: int, seed: int):
+    """Descriptor sets full of what the matrix-product pass gets wrong unaided: exact
+    duplicates (ties), near-duplicates, repeated queries, nearest and second nearest closer
+    together than the product form's rounding."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.nn.functional.normalize(torch.randn(n0, dim, generator=g, dtype=dtype), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(n1, dim, generator=g, dtype=dtype), dim=1)
+    b[:40] = a[:40]
+    b[40:80] = a[40:80] + 1e-7 * torch.randn(40, dim, generator=g, dtype=dtype)
+    b[80:90] = b[0]
+    a[100:110] = a[5]
+    # a query equal to b[j] with b[j - 100] a few 1e-5 away: the squared distances differ
+    # by less than the product form's rounding, which then often picks the wrong one
+    scale = 1e-4 if dtype == torch.float32 else 1e-12
+    for j in range(300, 360):
+        b[j - 100] = b[j] + scale * torch.randn(dim, generator=g, dtype=dtype)
+        a[j] = b[j]
+    # and six such columns around each of 20 queries: the nearest is often not among the
+    # product form's first few, so the whole row must be measured exactly
+    if min(n0, n1) > 520:
+        for t, j in enumerate(range(500, 520)):
+            a[j] = b[j]
+            for r in range(6):
+                b[380 + 6 * t + r] = b[j] + 0.1 * scale * torch.randn(dim, generator=g, dtype=dtype)
+    return a, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"mutual": False},
+        {"ratio": 0.8},
+        {"ratio": 0.95, "mutual": False},
+        {"max_distance": 0.9},
+    ],
+)
+def test_matrix_product_pass_equals_the_exact_one(dtype, kwargs):
+    a, b = _hard_sets(dtype, 600, 637, 128, seed=0)
+    exact = match_nn(a, b, fast=False, **kwargs)
+    fast = match_nn(a, b, fast=True, **kwargs)
+    assert torch.equal(exact, fast)
+    assert (fast >= 0).sum() >= 40  # the duplicates at least are matched (or kept out)
+    swapped = match_nn(b, a, fast=True, **kwargs)  # more rows than columns
+    assert torch.equal(match_nn(b, a, fast=False, **kwargs), swapped)
+
+
+def test_matrix_product_pass_on_binary_and_large_descriptors():
+    g = torch.Generator().manual_seed(3)
+    bits0 = torch.randint(0, 2, (700, 256), generator=g).float()
+    bits1 = torch.randint(0, 2, (650, 256), generator=g).float()
+    bits1[:300] = bits0[:300]  # Hamming distances: integer, many ties
+    large = torch.randn(500, 64, generator=g, dtype=torch.float64) * 1e4
+    near = large[torch.randperm(500, generator=g)] + torch.randn(500, 64, dtype=torch.float64)
+    for a, b in ((bits0, bits1), (large, near)):
+        for kwargs in ({}, {"ratio": 0.8}):
+            assert torch.equal(
+                match_nn(a, b, fast=False, **kwargs), match_nn(a, b, fast=True, **kwargs)
+            )
+
+
+def test_matrix_product_pass_is_the_default_for_large_unbatched_sets(monkeypatch):
+    from keypointlab.matching import nearest
+
+    calls = []
+    real = nearest._nearest_fast
+    monkeypatch.setattr(nearest, "_nearest_fast", lambda *a: calls.append(1) or real(*a))
+    a, b = _hard_sets(torch.float32, 400, 400, 32, seed=1)
+    match_nn(a, b)  # 160,000 pairs >= FAST_MIN_PAIRS
+    match_nn(a[:100], b[:100])  # 10,000: the exact pass
+    match_nn(a[None], b[None])  # batched: the exact pass
+    assert calls == [1]
+
+
 def test_descriptor_distances_are_euclidean():
     a, b = _t([[0.0, 0.0], [1.0, 1.0]]), _t([[3.0, 4.0]])
     # |(0,0)-(3,4)| = 5, |(1,1)-(3,4)| = sqrt(4 + 9)

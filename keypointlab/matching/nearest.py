@@ -29,12 +29,76 @@ def descriptor_distances(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tens
     return torch.cdist(desc0, desc1, compute_mode="donot_use_mm_for_euclid_dist")
 
 
+FAST_MIN_PAIRS = 65_536  # n0 * n1 from which the matrix-product pass is used
+_CANDIDATES = 4  # nearest candidates per row/column rechecked exactly
+
+
+def _error_bound(sq0: torch.Tensor, sq1: torch.Tensor, dim: int) -> torch.Tensor:
+    """A bound on ``|a|^2 + |b|^2 - 2 a.b`` minus the exact squared distance, per row of
+    set 0 ``(N0, 1)`` (for every column): a generous multiple of the rounding of a
+    ``dim``-term dot product (Higham's ``dim * u``) times the operands' squared norms."""
+    u = torch.finfo(sq0.dtype).eps
+    return (64 * (dim + 2) * u) * (sq0[:, None] + sq1.max()) + torch.finfo(sq0.dtype).tiny
+
+
+def _exact_nearest(
+    d0: torch.Tensor, d1: torch.Tensor, approx: torch.Tensor, tol: torch.Tensor, two: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Exact nearest (and second-nearest distance when ``two``) of each row of ``d0`` in
+    ``d1``, as :func:`descriptor_distances` then ``min`` would give them, from approximate
+    squared distances ``approx (N0, N1)`` good to ``tol (N0, 1)``: the few candidates that
+    could be nearest are measured exactly; rows with more near-ties than that are measured
+    against all of ``d1``."""
+    n1 = d1.shape[0]
+    k = min(_CANDIDATES, n1)
+    vals, cand = approx.topk(k, dim=-1, largest=False, sorted=True)
+    rank = 1 if two and k > 1 else 0
+    # any column outside the candidates is farther than every candidate up to `rank`
+    enough = (vals[:, rank] + 2 * tol[:, 0] < vals[:, -1]) | (k == n1)
+    exact = descriptor_distances(d0[:, None, :], d1[cand])[:, 0, :]  # (N0, k), cdist's own
+    full_rows = torch.nonzero(~enough)[:, 0]
+    if len(full_rows):
+        full = descriptor_distances(d0[full_rows], d1)
+    # the lowest index among exact ties, like min(dim=-1) over the whole row
+    best = exact.min(dim=-1).values
+    idx = torch.where(exact == best[:, None], cand, torch.full_like(cand, n1)).min(-1).values
+    second = None
+    if two:
+        second = exact.topk(2, dim=-1, largest=False).values[:, 1] if k > 1 else best
+    if len(full_rows):
+        fb, fi = full.min(dim=-1)
+        best[full_rows], idx[full_rows] = fb, fi
+        if two:
+            second[full_rows] = full.topk(2, dim=-1, largest=False).values[:, 1]
+    return best, idx, second
+
+
+def _nearest_fast(
+    d0: torch.Tensor, d1: torch.Tensor, mutual: bool, two: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(best, nn01, second, nn10)`` of unbatched ``d0 (N0, D)``, ``d1 (N1, D)`` equal to
+    the exact pass over :func:`descriptor_distances`: one matrix product gives approximate
+    squared distances, and every choice they cannot make for certain (near-ties within the
+    rounding bound) is made on exactly computed distances."""
+    sq0, sq1 = (d0 * d0).sum(-1), (d1 * d1).sum(-1)
+    one0, one1 = sq0.new_ones(len(sq0), 1), sq1.new_ones(len(sq1), 1)
+    # |a|^2 + |b|^2 - 2 a.b as one product: [a, |a|^2, 1] . [-2b, 1, |b|^2]
+    approx = torch.cat([d0, sq0[:, None], one0], 1) @ torch.cat([-2 * d1, one1, sq1[:, None]], 1).T
+    best, nn01, second = _exact_nearest(d0, d1, approx, _error_bound(sq0, sq1, d0.shape[1]), two)
+    nn10 = None
+    if mutual:
+        tol1 = _error_bound(sq1, sq0, d0.shape[1])
+        _, nn10, _ = _exact_nearest(d1, d0, approx.T, tol1, False)
+    return best, nn01, second, nn10
+
+
 def match_nn(
     desc0: np.ndarray | torch.Tensor,
     desc1: np.ndarray | torch.Tensor,
     mutual: bool = True,
     ratio: float | None = None,
     max_distance: float | None = None,
+    fast: bool | None = None,
 ) -> torch.Tensor:
     """Match each descriptor of set 0 to its nearest neighbour in set 1.
 
@@ -45,6 +109,9 @@ def match_nn(
         ratio: Lowe's ratio test, keep matches whose best distance is below ``ratio``
             times the second best (needs ``N1 >= 2``; otherwise nothing passes).
         max_distance: keep matches with distance at most this.
+        fast: one matrix product for approximate distances, then an exact recheck of
+            every near-tie, with the same result as the exact pass (``None``: from
+            :data:`FAST_MIN_PAIRS` pairs on, unbatched only).
 
     Returns:
         ``matches0`` of shape ``(N0,)`` or ``(B, N0)``, int64, ``-1`` for unmatched.
@@ -66,19 +133,26 @@ def match_nn(
     n0, n1 = d0.shape[-2], d1.shape[-2]
     if n0 == 0 or n1 == 0:
         return torch.full(d0.shape[:-1], -1, dtype=torch.long, device=d0.device)
-    dist = descriptor_distances(d0, d1)
-    best, nn01 = dist.min(dim=-1)
+    if fast is None:
+        fast = d0.ndim == 2 and n0 * n1 >= FAST_MIN_PAIRS
+    if fast and d0.ndim == 2:
+        best, nn01, second, nn10 = _nearest_fast(d0, d1, mutual, ratio is not None)
+    else:
+        dist = descriptor_distances(d0, d1)
+        best, nn01 = dist.min(dim=-1)
+        nn10 = dist.argmin(dim=-2) if mutual else None
+        second = None
+        if ratio is not None and n1 >= 2:
+            second = dist.topk(2, dim=-1, largest=False).values[..., 1]
     valid = torch.ones_like(nn01, dtype=torch.bool)
     if mutual:
-        nn10 = dist.argmin(dim=-2)
-        idx0 = torch.arange(n0, device=dist.device).expand_as(nn01)
+        idx0 = torch.arange(n0, device=nn01.device).expand_as(nn01)
         valid &= torch.gather(nn10, -1, nn01) == idx0
     if ratio is not None:
         if n1 < 2:
             valid &= False
         else:
-            two = dist.topk(2, dim=-1, largest=False).values
-            valid &= two[..., 0] < ratio * two[..., 1]
+            valid &= best < ratio * second
     if max_distance is not None:
         valid &= best <= max_distance
     return torch.where(valid, nn01, torch.full_like(nn01, -1))
