@@ -74,14 +74,43 @@ def extraction(repeats: int) -> list[dict]:
     return rows
 
 
+def _sift_descriptors(name: str, n: int) -> torch.Tensor:
+    import cv2
+
+    image = sample_photo(name, (960, 1280))
+    _, desc = cv2.SIFT_create(nfeatures=n, contrastThreshold=0.01).detectAndCompute(image, None)
+    return torch.from_numpy(desc[:n].astype(np.float32))
+
+
 def matching(repeats: int) -> list[dict]:
+    """Mutual nearest neighbour, exact pass against the matrix-product pass (its default
+    from ``FAST_MIN_PAIRS`` on), and whether they give the same matches: random unit
+    descriptors and SIFT's (integer-valued, so full of exact ties) of two photos."""
     rng = np.random.default_rng(0)
-    rows = []
+    sets = []
     for n in (1000, 4000):
-        d0 = torch.from_numpy(rng.standard_normal((n, 128)).astype(np.float32))
-        d1 = torch.from_numpy(rng.standard_normal((n, 128)).astype(np.float32))
-        t = median_time(lambda a=d0, b=d1: match_nn(a, b), repeats)
-        rows.append({"keypoints": n, "dim": 128, "ms": 1000 * t})
+        d0 = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((n, 128))), dim=1)
+        d1 = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((n, 128))), dim=1)
+        sets.append(("random unit", d0.float(), d1.float()))
+    sets.append(("SIFT", _sift_descriptors("astronaut", 4000), _sift_descriptors("coffee", 4000)))
+    rows = []
+    for kind, d0, d1 in sets:
+        exact = median_time(lambda a=d0, b=d1: match_nn(a, b, fast=False), repeats)
+        fast = median_time(lambda a=d0, b=d1: match_nn(a, b, fast=True), repeats)
+        same = torch.equal(match_nn(d0, d1, fast=False), match_nn(d0, d1, fast=True))
+        same_ratio = torch.equal(
+            match_nn(d0, d1, fast=False, ratio=0.8), match_nn(d0, d1, fast=True, ratio=0.8)
+        )
+        rows.append(
+            {
+                "descriptors": kind,
+                "keypoints": [len(d0), len(d1)],
+                "dim": d0.shape[1],
+                "ms": 1000 * fast,
+                "exact_ms": 1000 * exact,
+                "identical": bool(same and same_ratio),
+            }
+        )
     return rows
 
 
@@ -139,9 +168,19 @@ def markdown(result: dict) -> str:
         f"| {r['feature']} | {r['size']} | {r['ms']:.1f} | {r['ratio_to_sift']:.2f} |"
         for r in result["extraction"]
     ]
-    lines += ["", "| matching (mutual NN, D=128) | ms / pair |", "|---|---|"]
+    sift = next(
+        r["ms"] for r in result["extraction"] if r["feature"] == "sift" and r["size"] == "480x640"
+    )
     lines += [
-        f"| {r['keypoints']} x {r['keypoints']} | {r['ms']:.1f} |" for r in result["matching"]
+        "",
+        "| matching (mutual NN, D=128) | descriptors | ms / pair | exact pass ms | "
+        "ratio to SIFT extraction at 480x640 | same matches as the exact pass |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['keypoints'][0]} x {r['keypoints'][1]} | {r['descriptors']} | {r['ms']:.1f} | "
+        f"{r['exact_ms']:.1f} | {r['ms'] / sift:.2f} | {'yes' if r['identical'] else 'NO'} |"
+        for r in result["matching"]
     ]
     lines += [
         "",
