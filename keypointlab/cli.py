@@ -349,46 +349,40 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     from keypointlab.data.images import read_image
-    from keypointlab.errors import InputError
     from keypointlab.retrieval.global_features import get_retrieval_extractor
-    from keypointlab.retrieval.index import load_index, resize_to
-    from keypointlab.retrieval.query import rank
+    from keypointlab.retrieval.index import load_index
+    from keypointlab.retrieval.query import query
 
     index = load_index(args.index)
-    meta = index.meta
-    options = {**meta.get("extractor", {"features": index.feature}), "device": args.device}
+    options = {**index.meta.get("extractor", {"features": index.feature}), "device": args.device}
     if args.scales is not None:
         options["scales"] = args.scales
     extractor = get_retrieval_extractor(options.pop("features"), **options)
-    if extractor.name != index.feature:
-        raise InputError(f"{args.index}: made with {index.feature!r}, not {extractor.name!r}")
-    feats = extractor.extract(resize_to(read_image(args.image), int(meta.get("max_side", 640))))
-    ranking = rank(index, feats, args.knn, args.verify, args.ransac_px, args.votes_only).top(
-        args.top
-    )
-    rows = []
+    results = query(
+        index,
+        extractor,
+        read_image(args.image),
+        knn=args.knn,
+        verify=args.verify,
+        ransac_px=args.ransac_px,
+        votes_only=args.votes_only,
+    )[: args.top]
     print("| rank | image | group | inliers | votes | score |\n|---|---|---|---|---|---|")
-    for r, (i, v, n, sc) in enumerate(
-        zip(ranking.images, ranking.votes, ranking.inliers, ranking.scores, strict=True), 1
-    ):
-        rows.append(
-            {
-                "rank": r,
-                "image": index.paths[i],
-                "group": index.groups[i],
-                "inliers": int(n),
-                "votes": int(v),
-                "score": float(sc),
-            }
+    for r, row in enumerate(results, 1):
+        row["rank"] = r
+        shown = "-" if row["inliers"] < 0 else str(row["inliers"])
+        print(
+            f"| {r} | {row['image']} | {row['group']} | {shown} | {row['votes']} | "
+            f"{row['score']:.3f} |"
         )
-        shown = "-" if n < 0 else str(int(n))
-        print(f"| {r} | {index.paths[i]} | {index.groups[i]} | {shown} | {int(v)} | {sc:.3f} |")
     if args.json:
         import json
 
         from keypointlab.evaluation.report import write_atomic
 
-        write_atomic(args.json, json.dumps({"query": str(args.image), "results": rows}, indent=1))
+        write_atomic(
+            args.json, json.dumps({"query": str(args.image), "results": results}, indent=1)
+        )
     return 0
 
 

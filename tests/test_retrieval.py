@@ -26,7 +26,13 @@ from keypointlab.evaluation.retrieval import (  # noqa: E402
 from keypointlab.features import get_extractor  # noqa: E402
 from keypointlab.features.base import Extractor  # noqa: E402
 from keypointlab.geometry import sample_homography, warp_image  # noqa: E402
-from keypointlab.retrieval import GlobalExtractor, build_index, load_index, rank  # noqa: E402
+from keypointlab.retrieval import (  # noqa: E402
+    GlobalExtractor,
+    build_index,
+    load_index,
+    query,
+    rank,
+)
 from keypointlab.retrieval.distractors import make_distractors  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
@@ -78,6 +84,19 @@ def test_index_and_query_find_the_group(folder: Path, sift: Extractor) -> None:
         assert ranking.inliers[1] > 3 * max(ranking.inliers[2], 1)
         votes = rank(index, f, votes_only=True, exclude=i)
         assert (votes.inliers == -1).all() and np.all(np.diff(votes.votes) <= 0)
+
+
+def test_query_an_image_file(folder: Path, sift: Extractor) -> None:
+    """The Python entry point: a query photo not in the database, by path, finds its group."""
+    index = build_index(folder, sift, max_side=320, progress=False)
+    rng = np.random.default_rng(5)
+    view = warp_image(sample_photo("coffee", SIZE), sample_homography(SIZE, rng), SIZE)
+    results = query(index, sift, view)
+    assert len(results) == 9 and [r["group"] for r in results[:3]] == ["coffee"] * 3
+    assert results[0]["inliers"] > 3 * max(results[3]["inliers"], 1)
+    assert set(results[0]) == {"image", "group", "inliers", "votes", "score"}
+    with pytest.raises(InputError, match="'sift'"):
+        query(index, get_extractor("orb"), view)
 
 
 def test_index_round_trip_and_errors(folder: Path, sift: Extractor, tmp_path: Path) -> None:

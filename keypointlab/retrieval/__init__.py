@@ -10,7 +10,7 @@
 
 from keypointlab.retrieval.global_features import GlobalExtractor, is_global
 from keypointlab.retrieval.index import RetrievalIndex, build_index, load_index
-from keypointlab.retrieval.query import Ranking, rank
+from keypointlab.retrieval.query import Ranking, query, rank
 
 __all__ = [
     "GlobalExtractor",
@@ -19,5 +19,6 @@ __all__ = [
     "build_index",
     "is_global",
     "load_index",
+    "query",
     "rank",
 ]

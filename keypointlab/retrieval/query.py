@@ -21,14 +21,17 @@ descriptor per image) ranks every image by cosine similarity.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from keypointlab import limits
+from keypointlab.data.images import read_image
 from keypointlab.errors import InputError
-from keypointlab.features.base import Features
-from keypointlab.retrieval.index import RetrievalIndex
+from keypointlab.features.base import Extractor, Features
+from keypointlab.retrieval.index import RetrievalIndex, resize_to
 
 MIN_CORRESPONDENCES = 3  # an affine transformation needs three
 MAX_VERIFY = 10_000  # candidates verified per query
@@ -135,3 +138,32 @@ def rank(
     images = images[_order([verified, inliers[images], votes[images]])]
     scores = np.where(inliers[images] >= 0, inliers[images], votes[images]).astype(float)
     return Ranking(images, votes[images], inliers[images], scores)
+
+
+def query(
+    index: RetrievalIndex, extractor: Extractor, image: Any, **options: Any
+) -> list[dict[str, Any]]:
+    """The ranked database for a query ``image`` (a path or an array), best first:
+    ``image`` (path), ``group``, ``inliers`` (``-1``: not verified), ``votes`` and ``score``
+    for each. ``extractor`` must be the index's feature (``index.feature``); the image is
+    shrunk to the index's ``max_side`` as the database was; ``options`` go to :func:`rank`.
+
+    Raises:
+        InputError: ``extractor`` is not the index's feature, or a bad option.
+    """
+    if extractor.name != index.feature:
+        raise InputError(f"index made with {index.feature!r}, queried with {extractor.name!r}")
+    if isinstance(image, (str, Path)):
+        image = read_image(image)
+    feats = extractor.extract(resize_to(np.asarray(image), int(index.meta.get("max_side", 640))))
+    r = rank(index, feats, **options)
+    return [
+        {
+            "image": index.paths[i],
+            "group": index.groups[i],
+            "inliers": int(n),
+            "votes": int(v),
+            "score": float(s),
+        }
+        for i, v, n, s in zip(r.images, r.votes, r.inliers, r.scores, strict=True)
+    ]
