@@ -592,6 +592,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             extract=_extract_file,
             seed=args.seed,
+            tries=args.tries,
         )
     print(
         f"{s['method']}: {s['registered_images']}/{s['images']} images registered, "
@@ -925,6 +926,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count("--seed", 0, 2**31 - 1),
         default=0,
         help="RANSAC seed of COLMAP's verification and mapping (default 0)",
+    )
+    p.add_argument(
+        "--tries",
+        type=_count("--tries", 1, 20),
+        default=3,
+        help="while images are left out, verify and map again with the next seed, up to "
+        "this many times in all; the attempt registering the most is kept (default 3)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_learned_options(p)

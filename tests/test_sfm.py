@@ -185,6 +185,66 @@ def test_same_seed_same_model_with_outlier_matches(tmp_path):
     assert runs[0] == runs[1]  # to the last digit of the reprojection error
 
 
+def test_a_failed_attempt_is_tried_again_with_the_next_seed(tmp_path, monkeypatch):
+    pytest.importorskip("pycolmap", reason="reconstruct needs the sfm extra (pycolmap)")
+    import importlib
+
+    module = importlib.import_module("keypointlab.sfm.reconstruct")
+
+    real, seeds = module._verify_and_map, []
+
+    def first_fails(pycolmap, db, image_dir, pairs_txt, sparse, seed, threads, known):
+        seeds.append(seed)
+        if len(seeds) == 1:  # as if the first seed's model registered nothing
+            sparse.mkdir()
+            return None, 0, (0.0, 0.0)
+        return real(pycolmap, db, image_dir, pairs_txt, sparse, seed, threads, known)
+
+    monkeypatch.setattr(module, "_verify_and_map", first_fails)
+    names, features, _, pairs, matches = _synthetic_scene()
+    images = tmp_path / "images"
+    images.mkdir()
+    for n in names:
+        cv2.imwrite(str(images / n), np.zeros((480, 640), np.uint8))
+    s = module.reconstruct_from_features(
+        images,
+        names,
+        features,
+        tmp_path / "out",
+        matches=matches,
+        pair_list=pairs,
+        threads=1,
+        progress=False,
+        seed=7,
+        tries=3,
+    )
+    assert seeds == [7, 8]  # stopped once every image registered
+    assert s["seed"] == 8 and s["registered_images"] == len(names)
+    assert s["attempts"] == [
+        {"seed": 7, "registered_images": 0},
+        {"seed": 8, "registered_images": len(names)},
+    ]
+    seeds.clear()
+    one = module.reconstruct_from_features(
+        images,
+        names,
+        features,
+        tmp_path / "one",
+        matches=matches,
+        pair_list=pairs,
+        threads=1,
+        progress=False,
+        seed=7,
+        tries=1,
+    )
+    assert seeds == [7] and one["registered_images"] == 0 and one["points3d"] == 0
+    assert not (tmp_path / "one" / "reconstruction.png").exists()
+    with pytest.raises(InputError, match="tries"):
+        module.reconstruct_from_features(
+            images, names, features, tmp_path / "x", matches=matches, pair_list=pairs, tries=0
+        )
+
+
 def test_retrieval_pairs_are_the_nearest_by_global_descriptor():
     from keypointlab.sfm.reconstruct import image_pairs, parse_pairs
 
