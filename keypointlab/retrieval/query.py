@@ -20,6 +20,7 @@ descriptor per image) ranks every image by cosine similarity.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,15 +42,19 @@ MAX_VERIFY = 10_000  # candidates verified per query
 class Ranking:
     """A ranked database: ``images`` ``(M,)`` image indices best first, and for each its
     ``votes``, ``inliers`` (``-1``: not verified) and ``scores`` (what it was ranked by:
-    inliers, votes or cosine similarity)."""
+    inliers, votes or cosine similarity); ``search_seconds``: the time of the kNN search
+    and the vote count (the rest of a query's time is verification and ranking)."""
 
     images: np.ndarray
     votes: np.ndarray
     inliers: np.ndarray
     scores: np.ndarray
+    search_seconds: float = 0.0
 
     def top(self, k: int) -> Ranking:
-        return Ranking(self.images[:k], self.votes[:k], self.inliers[:k], self.scores[:k])
+        return Ranking(
+            self.images[:k], self.votes[:k], self.inliers[:k], self.scores[:k], self.search_seconds
+        )
 
 
 def _order(keys: list[np.ndarray]) -> np.ndarray:
@@ -115,14 +120,18 @@ def rank(
     if exclude is not None:
         keep[exclude] = False
     if index.is_global:
+        start = time.perf_counter()
         dist, ids = index.search(features.descriptors[:1], index.descriptors)
+        searched = time.perf_counter() - start
         sim = np.full(n, -np.inf)
         sim[index.image_of[ids[0]]] = 1.0 - dist[0] / 2.0  # unit vectors: cosine
         images = np.flatnonzero(keep)
         images = images[_order([sim[images]])]
         zeros = np.zeros(len(images), np.int64)
-        return Ranking(images, zeros, zeros - 1, sim[images])
+        return Ranking(images, zeros, zeros - 1, sim[images], searched)
+    start = time.perf_counter()
     votes, q, db, img = votes_and_correspondences(index, features, knn)
+    searched = time.perf_counter() - start
     votes = np.where(keep, votes, 0)
     inliers = np.full(n, -1, np.int64)
     if not votes_only and verify:
@@ -137,7 +146,7 @@ def rank(
     verified = (inliers[images] >= 0).astype(np.int64)
     images = images[_order([verified, inliers[images], votes[images]])]
     scores = np.where(inliers[images] >= 0, inliers[images], votes[images]).astype(float)
-    return Ranking(images, votes[images], inliers[images], scores)
+    return Ranking(images, votes[images], inliers[images], scores, searched)
 
 
 def query(
