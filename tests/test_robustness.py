@@ -82,7 +82,8 @@ def test_shipped_model_loads_offline_and_extracts(name: str) -> None:
     f = get_extractor(name).extract(sample_photo("astronaut", (240, 320)))
     model = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())["model"]
     conf = model.get("keypoint_net", model)
-    dim = conf.get("descriptor_dim") or conf["channels"][-1]  # D2-Net: its last width
+    # D2-Net: its last width; DELF: its PCA's
+    dim = conf.get("descriptor_dim") or conf.get("pca_dim") or conf["channels"][-1]
     assert len(f) > 100 and f.descriptors.shape == (len(f), dim)
     assert np.all(f.keypoints >= 0) and np.all(f.keypoints <= [319, 239])
     assert np.allclose(np.linalg.norm(f.descriptors, axis=1), 1, atol=1e-4)
