@@ -307,6 +307,7 @@ def _evaluate_retrieval(args: argparse.Namespace) -> int:
             args.verify,
             args.ransac_px,
             progress=not args.quiet,
+            kind=args.index_type,
         )
     meta = {
         "data": str(args.data),
@@ -318,6 +319,7 @@ def _evaluate_retrieval(args: argparse.Namespace) -> int:
         "knn": args.knn,
         "verify": args.verify,
         "ransac_px": args.ransac_px,
+        "index_type": args.index_type,
     }
     files = write_retrieval_report(results, data, args.out, meta)
     print(markdown_table(results))
@@ -335,7 +337,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         args.features, max_keypoints=args.max_keypoints, **_learned_options(args)
     )
     with output_lock(args.out):
-        index = build_index(args.database, extractor, args.max_side, progress=not args.quiet)
+        index = build_index(
+            args.database, extractor, args.max_side, progress=not args.quiet, kind=args.index_type
+        )
         options = {"features": args.features, "max_keypoints": args.max_keypoints}
         options.update(scales=args.scales, rotations=args.rotations)
         index.meta["extractor"] = options  # `query` rebuilds the same extractor
@@ -384,6 +388,16 @@ def cmd_query(args: argparse.Namespace) -> int:
             args.json, json.dumps({"query": str(args.image), "results": results}, indent=1)
         )
     return 0
+
+
+def _add_index_type(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--index-type",
+        choices=["auto", "flat", "ivf"],
+        default="auto",
+        help="faiss index: flat (exact), ivf (inverted lists, approximate) or auto: flat up "
+        "to 200,000 descriptors (default)",
+    )
 
 
 def _add_retrieval_options(p: argparse.ArgumentParser) -> None:
@@ -764,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="--task retrieval: images shrunk to this longer side (default 640)",
     )
     _add_retrieval_options(p)
+    _add_index_type(p)
     p.add_argument(
         "--max-pairs",
         type=_count("--max-pairs"),
@@ -790,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="best keypoints kept per image (default 1000)",
     )
+    _add_index_type(p)
     _add_learned_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)

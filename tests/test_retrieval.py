@@ -144,6 +144,10 @@ def test_evaluation_rows_and_distractors(folder: Path, sift: Extractor, tmp_path
     assert s["map"] == pytest.approx(1.0) and s["precision_at_1"] == 1.0
     assert s["precision_at_5"] == pytest.approx(2 / 5)  # two positives per query
     assert all(not q["query"].startswith("d1") for q in rows[0].queries)
+    assert s["index_type"] == "IndexFlatL2" and 0 < s["search_seconds_per_query"]
+    assert s["search_seconds_per_query"] <= s["seconds_per_query"]
+    ivf = evaluate_retrieval(sift, data, max_side=320, progress=False, kind="ivf")[0].summary
+    assert ivf["index_type"] == "IndexIVFFlat" and ivf["map"] > 0.9  # approximate search
 
 
 class _MeanColour(nn.Module):

@@ -155,15 +155,17 @@ def evaluate_retrieval(
     verify: int = 30,
     ransac_px: float = 15.0,
     progress: bool = True,
+    kind: str = "auto",
 ) -> list[RetrievalResult]:
-    """The rows of ``extractor`` on ``data`` (two for local features, one for global)."""
+    """The rows of ``extractor`` on ``data`` (two for local features, one for global);
+    ``kind``: the faiss index (:func:`keypointlab.retrieval.index.index_features`)."""
     feats, extract_seconds = extract_all(
         data.paths, extractor, max_side, progress, f"extracting {extractor.name}"
     )
     names = [data.name(i) for i in range(len(data.paths))]
     groups = [g or "" for g in data.groups]
     meta = {"kind": "global" if getattr(extractor, "is_global", False) else "local"}
-    index = index_features(feats, names, groups, extractor.name, meta)
+    index = index_features(feats, names, groups, extractor.name, meta, kind)
     extra = {
         "database_images": index.images,
         "index_descriptors": index.descriptors,
