@@ -24,6 +24,7 @@ from keypointlab.sfm import reconstruct
 
 COLUMNS = (
     ("registered", lambda s: f"{s['registered_images']}/{s['images']}"),
+    ("far off", lambda s: str(s.get("cameras_far_off", "n/a"))),
     ("points", lambda s: str(s["points3d"])),
     ("track length", lambda s: f"{s['mean_track_length']:.2f}"),
     ("reproj. error (px)", lambda s: f"{s['mean_reprojection_error']:.3f}"),
@@ -94,9 +95,10 @@ def main() -> None:
         f"{args.threads}`: exhaustive pairs, mutual nearest neighbour, at most "
         f"{args.max_keypoints} keypoints per image at the image's own size; camera-centre "
         "error after a similarity alignment onto the true centres (scene units: metres for "
-        "castle-P30; n/a without ground truth); COLMAP's verification and mapping seeded "
-        "from 0, tried again with the next seed while images are left out (at most 3 "
-        "attempts, the one registering the most kept). Times in seconds on "
+        "castle-P30; n/a without ground truth); far off: registered cameras more than 10 "
+        "times the median distance from the median centre (most likely wrong); COLMAP's "
+        "verification and mapping seeded from 0, tried again with the next seed while images "
+        "are left out (at most 3 attempts, the one registering the most kept). Times in seconds on "
         f"{args.threads} thread(s) of the 2-core CPU (verify and mapping: all attempts).",
         "",
         header,

@@ -63,6 +63,16 @@ def test_upright_rotation_of_cameras_on_a_tilted_model():
         upright_rotation(np.eye(3))
 
 
+def test_far_off_cameras_by_hand():
+    from keypointlab.sfm.reconstruct import far_off
+
+    # a walk of 9 cameras 1 m apart along x, and one 60 m away: the median distance from
+    # the median centre (4, 0, 0) is 2 (cameras at 2 and 6 m), so 60 > 10 * 2 is far off
+    walk = np.array([[x, 0, 0] for x in range(9)] + [[4, 60, 0]], float)
+    assert far_off(walk).tolist() == [False] * 9 + [True]
+    assert not far_off(walk[:9]).any() and not far_off(walk[:3]).any()  # too few to judge
+
+
 def test_strecha_camera_file_and_its_errors(tmp_path):
     path = tmp_path / "0000.jpg.camera"
     path.write_text("100 0 50\n0 110 40\n0 0 1\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n1 2 3\n100 80\n")

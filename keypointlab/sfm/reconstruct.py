@@ -196,11 +196,32 @@ def _database(
         db.close()
 
 
+FAR_OFF = 10.0  # a camera this many times the median distance from the median centre
+
+
+def far_off(centres: np.ndarray, factor: float = FAR_OFF) -> np.ndarray:
+    """``(M,)`` mask of camera centres ``(M, 3)`` farther from their median than ``factor``
+    times the median such distance: registrations that are most likely wrong (a scene is
+    rarely ten times wider on one side than its typical camera spread). None below 4."""
+    centres = np.asarray(centres, np.float64).reshape(-1, 3)
+    if len(centres) < 4:
+        return np.zeros(len(centres), bool)
+    d = np.linalg.norm(centres - np.median(centres, axis=0), axis=1)
+    return d > factor * max(float(np.median(d)), 1e-12)
+
+
+def _centres(rec: Any) -> np.ndarray:
+    return np.array(
+        [im.projection_center() for im in rec.images.values() if im.has_pose], np.float64
+    ).reshape(-1, 3)
+
+
 def _model_summary(rec: Any | None) -> dict[str, Any]:
     """The summary's model figures of ``rec`` (zeros when no model was built)."""
     points = int(rec.num_points3D()) if rec is not None else 0
     return {
         "registered_images": int(rec.num_reg_images()) if rec is not None else 0,
+        "cameras_far_off": int(far_off(_centres(rec)).sum()) if rec is not None else 0,
         "points3d": points,
         "mean_track_length": float(rec.compute_mean_track_length()) if points else 0.0,
         "mean_reprojection_error": float(rec.compute_mean_reprojection_error()) if points else 0.0,
@@ -244,9 +265,7 @@ def _figure(
     from keypointlab.viz.plots import reconstruction_figure, save_figure
 
     points = np.array([p.xyz for p in rec.points3D.values()], np.float64).reshape(-1, 3)
-    centres = np.array(
-        [im.projection_center() for im in rec.images.values() if im.has_pose], np.float64
-    ).reshape(-1, 3)
+    centres = _centres(rec)
     true = None
     if align is not None and cameras:
         points, centres = align(points), align(centres)
@@ -255,7 +274,10 @@ def _figure(
         posed = [im for im in rec.images.values() if im.has_pose]
         up = upright_rotation(np.stack([im.cam_from_world().rotation.matrix().T for im in posed]))
         points, centres = points @ up.T, centres @ up.T
-    save_figure(reconstruction_figure(points, centres, true, title), path)
+    far = far_off(centres)
+    save_figure(
+        reconstruction_figure(points, centres[~far], true, title, hidden=int(far.sum())), path
+    )
 
 
 def _verify_and_map(

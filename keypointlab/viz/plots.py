@@ -154,11 +154,12 @@ def reconstruction_figure(
     true_centres: np.ndarray | None = None,
     title: str = "",
     max_points: int = 20000,
+    hidden: int = 0,
 ) -> Figure:
     """A sparse model from above (x-y) and from the side (x-z): 3D points ``(N, 3)``
     (a fixed random subset of at most ``max_points``, axes around their 5-95 percentiles
     and every camera), registered camera centres ``(M, 3)`` and, when given, the true centres in
-    the same frame."""
+    the same frame; ``hidden``: registered cameras left out (far off), said in the legend."""
     fig = Figure(figsize=(11, 5))
     if len(points) > max_points:
         points = points[np.random.default_rng(0).choice(len(points), max_points, replace=False)]
@@ -185,7 +186,8 @@ def reconstruction_figure(
                 label="true cameras",
             )
         if len(centres):
-            ax.scatter(centres[:, a], centres[:, b], s=12, c="tab:red", label="registered cameras")
+            legend = "registered cameras" + (f" ({hidden} far off, not shown)" if hidden else "")
+            ax.scatter(centres[:, a], centres[:, b], s=12, c="tab:red", label=legend)
         ax.set_xlim(lo[a] - pad[a], hi[a] + pad[a])
         ax.set_ylim(lo[b] - pad[b], hi[b] + pad[b])
         ax.set_aspect("equal", adjustable="box")
