@@ -33,7 +33,9 @@ def main() -> None:
     first = {r["method"]: r["summary"] for r in docs[0]["results"]}
     for method in first:
         for doc in docs:
-            s = next(r["summary"] for r in doc["results"] if r["method"] == method)
+            s = next((r["summary"] for r in doc["results"] if r["method"] == method), None)
+            if s is None:  # a run without this feature
+                continue
             f = first[method]
             lines.append(
                 f"| {method} | {s['database_images']} | {s['map']:.3f} | "

@@ -18,4 +18,8 @@ keypointlab evaluate --task retrieval --data ../shared/data/retrieval --features
     --out "$OUT/x1" --quiet > "$OUT/x1.log" 2>&1
 keypointlab evaluate --task retrieval --data ../shared/data/retrieval --features $FEATURES \
     --distractors runs/retrieval_distractors --out "$OUT/x10" --quiet > "$OUT/x10.log" 2>&1
-python benchmarks/retrieval_scaling.py "$OUT/x1" "$OUT/x10" --out "$OUT/scaling.md"
+# the same x10 database with the exact index, for the search cost without inverted lists
+keypointlab evaluate --task retrieval --data ../shared/data/retrieval --features delf sift \
+    --distractors runs/retrieval_distractors --index-type flat --out "$OUT/x10_flat" --quiet \
+    > "$OUT/x10_flat.log" 2>&1
+python benchmarks/retrieval_scaling.py "$OUT/x1" "$OUT/x10" "$OUT/x10_flat" --out "$OUT/scaling.md"
