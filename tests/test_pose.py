@@ -125,6 +125,24 @@ def test_essential_matrix_recovers_a_known_pose_despite_outliers():
     assert not few.success and "need 5" in few.reason and few.R is None
 
 
+def test_an_opencv_error_inside_ransac_is_a_failed_pair(monkeypatch):
+    """OpenCV's five-point solver asserts on some near-degenerate samples (DELF's grid
+    keypoints on castle-P30 hit it on every seed): the pair fails, the run goes on."""
+    import cv2
+
+    from keypointlab.geometry import epipolar
+
+    def raises(*args, **kwargs):
+        raise cv2.error("std::abs(coeffs[n].re) + std::abs(coeffs[n].im) > DBL_EPSILON")
+
+    monkeypatch.setattr(epipolar.cv2, "findEssentialMat", raises)
+    rng = np.random.default_rng(0)
+    x0 = rng.uniform(0, 600, (50, 2))
+    est = estimate_relative_pose(x0, x0 + 5, K_VGA, K_VGA)
+    assert not est.success and est.R is None and not est.inliers.any()
+    assert est.reason.startswith("OpenCV: ") and "DBL_EPSILON" in est.reason
+
+
 def test_epipolar_distance_of_a_sideways_motion_is_the_vertical_offset():
     # camera moved along x: epipolar lines are the image rows, distance = |y1 - y0|
     F = fundamental_from_pose(_pose(np.eye(3), [0.3, 0, 0]), K, K)

@@ -172,7 +172,9 @@ def estimate_relative_pose(
 
     Returns:
         A :class:`PoseEstimate`; fewer than 5 matches or a failed fit gives
-        ``success=False`` rather than an exception.
+        ``success=False`` rather than an exception, also when OpenCV raises inside RANSAC
+        (its five-point solver asserts on some near-degenerate samples; with thousands
+        of samples on a hard pair, another seed hits one too).
     """
     p0 = np.asarray(points0, np.float64).reshape(-1, 2)
     p1 = np.asarray(points1, np.float64).reshape(-1, 2)
@@ -185,9 +187,12 @@ def estimate_relative_pose(
     focal = np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]])
     if seed is not None:
         cv2.setRNGSeed(int(seed))
-    E, mask = cv2.findEssentialMat(
-        n0, n1, np.eye(3), method=cv2.RANSAC, prob=confidence, threshold=threshold / focal
-    )
+    try:
+        E, mask = cv2.findEssentialMat(
+            n0, n1, np.eye(3), method=cv2.RANSAC, prob=confidence, threshold=threshold / focal
+        )
+    except cv2.error as exc:  # see Returns
+        return PoseEstimate(None, None, none, False, f"OpenCV: {getattr(exc, 'err', None) or exc}")
     if E is None or mask is None:
         return PoseEstimate(None, None, none, False, "no essential matrix found")
     best: PoseEstimate | None = None
