@@ -34,11 +34,14 @@ _CANDIDATES = 4  # nearest candidates per row/column rechecked exactly
 
 
 def _error_bound(sq0: torch.Tensor, sq1: torch.Tensor, dim: int) -> torch.Tensor:
-    """A bound on ``|a|^2 + |b|^2 - 2 a.b`` minus the exact squared distance, per row of
-    set 0 ``(N0, 1)`` (for every column): a generous multiple of the rounding of a
-    ``dim``-term dot product (Higham's ``dim * u``) times the operands' squared norms."""
-    u = torch.finfo(sq0.dtype).eps
-    return (64 * (dim + 2) * u) * (sq0[:, None] + sq1.max()) + torch.finfo(sq0.dtype).tiny
+    """A bound on ``|a|^2 + |b|^2 - 2 a.b`` as computed minus the exact squared distance,
+    per row of set 0 ``(N0, 1)`` (for every column). The product form is one dot product
+    of ``dim + 2`` terms whose absolute values sum to at most ``2 (|a|^2 + |b|^2)``, so its
+    rounding is below ``(dim + 2) eps (|a|^2 + |b|^2)`` (Higham's ``gamma_n``, ``eps = 2u``)
+    in any summation order; the squared norms add ``dim u`` each. Four times that covers
+    them and the exact pass's own rounding of the distances it compares."""
+    eps = torch.finfo(sq0.dtype).eps
+    return (8 * (dim + 2) * eps) * (sq0[:, None] + sq1.max()) + torch.finfo(sq0.dtype).tiny
 
 
 def _exact_nearest(
