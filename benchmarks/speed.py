@@ -204,6 +204,48 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def matching_only(args: argparse.Namespace) -> None:
+    """The matching rows beside SIFT's extraction time, measured in this run."""
+    image = sample_photo("astronaut", (480, 640))
+    sift = get_extractor("sift")
+    t = median_time(lambda: sift.extract(image), args.repeats)
+    result = {
+        "extraction": [{"feature": "sift", "size": "480x640", "ms": 1000 * t, "ratio_to_sift": 1}],
+        "matching": matching(args.repeats),
+    }
+    table = markdown({**result, "training": [], "machine": _machine(args.repeats)}).split(
+        "\n\n| training"
+    )[0]
+    lines = [
+        "# Mutual nearest-neighbour matching: exact pass and matrix-product pass",
+        "",
+        f"`python benchmarks/speed.py --matching-only --repeats {args.repeats}`; torch "
+        f"{torch.__version__} with {torch.get_num_threads()} thread(s); medians.",
+        "",
+        table,
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "matching.md").write_text("\n".join(lines) + "\n")
+    (args.out / "matching.json").write_text(json.dumps(result, indent=1))
+    print("\n".join(lines))
+
+
+def _machine(repeats: int) -> dict:
+    import os
+
+    import cv2
+
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "opencv": cv2.__version__,
+        "python": platform.python_version(),
+        "repeats": repeats,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -211,22 +253,19 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--train-data", type=Path, default=Path("../shared/data/train"))
     parser.add_argument("--readme", type=Path, default=None)
+    parser.add_argument(
+        "--matching-only",
+        action="store_true",
+        help="only SIFT's extraction at 480x640 and the matching rows, into matching.md",
+    )
     args = parser.parse_args()
-    import os
-
-    import cv2
+    if args.matching_only:
+        matching_only(args)
+        return
 
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
-        "machine": {
-            "date": time.strftime("%Y-%m-%d"),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "opencv": cv2.__version__,
-            "python": platform.python_version(),
-            "repeats": args.repeats,
-        },
+        "machine": _machine(args.repeats),
         "extraction": extraction(args.repeats),
         "matching": matching(args.repeats),
         "training": training(args.train_steps, args.train_data, Path(tempfile.mkdtemp()))

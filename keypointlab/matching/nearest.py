@@ -31,6 +31,7 @@ def descriptor_distances(desc0: torch.Tensor, desc1: torch.Tensor) -> torch.Tens
 
 FAST_MIN_PAIRS = 65_536  # n0 * n1 from which the matrix-product pass is used
 _CANDIDATES = 4  # nearest candidates per row/column rechecked exactly
+_BLOCK_ROWS = 512  # rows of the approximate distance matrix per block
 
 
 def _error_bound(sq0: torch.Tensor, sq1: torch.Tensor, dim: int) -> torch.Tensor:
@@ -45,16 +46,19 @@ def _error_bound(sq0: torch.Tensor, sq1: torch.Tensor, dim: int) -> torch.Tensor
 
 
 def _exact_nearest(
-    d0: torch.Tensor, d1: torch.Tensor, approx: torch.Tensor, tol: torch.Tensor, two: bool
+    d0: torch.Tensor,
+    d1: torch.Tensor,
+    vals: torch.Tensor,
+    cand: torch.Tensor,
+    tol: torch.Tensor,
+    two: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Exact nearest (and second-nearest distance when ``two``) of each row of ``d0`` in
-    ``d1``, as :func:`descriptor_distances` then ``min`` would give them, from approximate
-    squared distances ``approx (N0, N1)`` good to ``tol (N0, 1)``: the few candidates that
-    could be nearest are measured exactly; rows with more near-ties than that are measured
-    against all of ``d1``."""
-    n1 = d1.shape[0]
-    k = min(_CANDIDATES, n1)
-    vals, cand = approx.topk(k, dim=-1, largest=False, sorted=True)
+    ``d1``, as :func:`descriptor_distances` then ``min`` would give them, from the ``k``
+    smallest approximate squared distances of each row ``vals (N0, k)`` (ascending) at
+    columns ``cand``, good to ``tol (N0, 1)``: those candidates are measured exactly; rows
+    whose near-ties may reach past them are measured against all of ``d1``."""
+    n1, k = d1.shape[0], vals.shape[1]
     rank = 1 if two and k > 1 else 0
     # any column outside the candidates is farther than every candidate up to `rank`
     enough = (vals[:, rank] + 2 * tol[:, 0] < vals[:, -1]) | (k == n1)
@@ -76,6 +80,37 @@ def _exact_nearest(
     return best, idx, second
 
 
+def _smallest(
+    a: torch.Tensor, b: torch.Tensor, k: int, mutual: bool, rows: int = _BLOCK_ROWS
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]:
+    """The ``k`` smallest entries of ``a @ b.T`` per row and (``mutual``) per column,
+    ascending, as ``(values, indices)``, computed by blocks of ``rows`` rows so each block
+    stays in cache; the columns' running ``k`` smallest are merged block by block."""
+    n0, n1 = a.shape[0], b.shape[0]
+    kr, kc = min(k, n1), min(k, n0)
+    row_v = a.new_empty(n0, kr)
+    row_i = torch.empty(n0, kr, dtype=torch.long, device=a.device)
+    col = None
+    bt = b.T.contiguous()
+    for s in range(0, n0, rows):
+        block = a[s : s + rows] @ bt
+        row_v[s : s + rows], row_i[s : s + rows] = block.topk(kr, dim=1, largest=False)
+        if mutual:
+            v, i = block.topk(min(kc, block.shape[0]), dim=0, largest=False)
+            if col is not None:
+                v, i = torch.cat([col[0], v]), torch.cat([col[1], i + s])
+                order = v.topk(min(kc, v.shape[0]), dim=0, largest=False).indices
+                v, i = v.gather(0, order), i.gather(0, order)
+            else:
+                i = i + s
+            col = (v, i)
+    if col is not None:  # (k, N1) -> (N1, k), ascending
+        v, i = col
+        order = v.argsort(dim=0, stable=True)
+        col = (v.gather(0, order).T.contiguous(), i.gather(0, order).T.contiguous())
+    return (row_v, row_i), col
+
+
 def _nearest_fast(
     d0: torch.Tensor, d1: torch.Tensor, mutual: bool, two: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -86,12 +121,14 @@ def _nearest_fast(
     sq0, sq1 = (d0 * d0).sum(-1), (d1 * d1).sum(-1)
     one0, one1 = sq0.new_ones(len(sq0), 1), sq1.new_ones(len(sq1), 1)
     # |a|^2 + |b|^2 - 2 a.b as one product: [a, |a|^2, 1] . [-2b, 1, |b|^2]
-    approx = torch.cat([d0, sq0[:, None], one0], 1) @ torch.cat([-2 * d1, one1, sq1[:, None]], 1).T
-    best, nn01, second = _exact_nearest(d0, d1, approx, _error_bound(sq0, sq1, d0.shape[1]), two)
+    a = torch.cat([d0, sq0[:, None], one0], 1)
+    b = torch.cat([-2 * d1, one1, sq1[:, None]], 1)
+    (rv, ri), col = _smallest(a, b, _CANDIDATES, mutual)
+    best, nn01, second = _exact_nearest(d0, d1, rv, ri, _error_bound(sq0, sq1, d0.shape[1]), two)
     nn10 = None
     if mutual:
         tol1 = _error_bound(sq1, sq0, d0.shape[1])
-        _, nn10, _ = _exact_nearest(d1, d0, approx.T, tol1, False)
+        _, nn10, _ = _exact_nearest(d1, d0, col[0], col[1], tol1, False)
     return best, nn01, second, nn10
 
 
