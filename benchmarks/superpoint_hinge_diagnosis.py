@@ -43,15 +43,22 @@ from keypointlab.training.trainer import load_config
 CONFIG = Path(__file__).resolve().parents[1] / "keypointlab" / "configs" / "superpoint.yaml"
 
 
-def pair_stats(desc0, desc1, H, threshold=8.0, cell=8):
-    """Mean dot of positives, adjacent negatives (cell centres 8-16 px from the warped
-    centre) and far negatives, over the pairs of a batch."""
+def _cells(desc0, desc1, H, cell=8):
+    """Normalised cell descriptors of both views ``(B, N, D)``, the distances ``(B, N, M)``
+    from each warped view-0 cell centre to every view-1 centre, and where it is known."""
     b, _, hc, wc = desc0.shape
     d0 = F.normalize(desc0.flatten(2), dim=1).transpose(1, 2)
     d1 = F.normalize(desc1.flatten(2), dim=1).transpose(1, 2)
     centers = cell_centers(hc, wc, cell, desc0.device, desc0.dtype).flatten(1).T
     warped, known = as_ground_truth(H).warp_0to1(centers.expand(b, -1, -1))
     dist = torch.cdist(finite_points(warped), centers.expand(b, -1, -1))
+    return d0, d1, dist, known
+
+
+def pair_stats(desc0, desc1, H, threshold=8.0):
+    """Mean dot of positives, adjacent negatives (cell centres 8-16 px from the warped
+    centre) and far negatives, over the pairs of a batch."""
+    d0, d1, dist, known = _cells(desc0, desc1, H)
     dot = d0 @ d1.transpose(1, 2)
     known = known[:, :, None].expand_as(dist)
     pos = (dist < threshold) & known
@@ -60,15 +67,10 @@ def pair_stats(desc0, desc1, H, threshold=8.0, cell=8):
     return {k: float(dot[m].mean()) for k, m in (("pos", pos), ("near", near), ("far", far))}
 
 
-def infonce(desc0, desc1, H, threshold=8.0, cell=8, temperature=0.1):
+def infonce(desc0, desc1, H, threshold=8.0, temperature=0.1):
     """Cross-entropy over view-1 cells: the target is the cell nearest the warped centre
     (when closer than ``threshold``)."""
-    b, _, hc, wc = desc0.shape
-    d0 = F.normalize(desc0.flatten(2), dim=1).transpose(1, 2)
-    d1 = F.normalize(desc1.flatten(2), dim=1).transpose(1, 2)
-    centers = cell_centers(hc, wc, cell, desc0.device, desc0.dtype).flatten(1).T
-    warped, known = as_ground_truth(H).warp_0to1(centers.expand(b, -1, -1))
-    dist = torch.cdist(finite_points(warped), centers.expand(b, -1, -1))
+    d0, d1, dist, known = _cells(desc0, desc1, H)
     best, target = dist.min(-1)
     ok = known & (best < threshold)
     logits = d0 @ d1.transpose(1, 2) / temperature

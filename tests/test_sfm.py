@@ -122,16 +122,22 @@ def _synthetic_scene(n_cameras: int = 6, n_points: int = 400):
     return names, features, cameras, pairs, matches
 
 
+def _blank_images(tmp_path: Path, names: list[str]) -> Path:
+    """An image folder for the synthetic scene: COLMAP's import reads the files' sizes."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for n in names:
+        cv2.imwrite(str(images / n), np.zeros((480, 640), np.uint8))
+    return images
+
+
 @pytest.mark.parametrize("known", [True, False])
 def test_synthetic_scene_registers_every_camera(tmp_path, known):
     pytest.importorskip("pycolmap", reason="reconstruct needs the sfm extra (pycolmap)")
     from keypointlab.sfm import reconstruct_from_features
 
     names, features, cameras, pairs, matches = _synthetic_scene()
-    images = tmp_path / "images"
-    images.mkdir()
-    for n in names:
-        cv2.imwrite(str(images / n), np.zeros((480, 640), np.uint8))
+    images = _blank_images(tmp_path, names)
     out = tmp_path / "out"
     s = reconstruct_from_features(
         images,
@@ -172,10 +178,7 @@ def test_same_seed_same_model_with_outlier_matches(tmp_path):
         k = rng.choice(len(m), int(0.4 * len(m)), replace=False)
         m[k, 1] = rng.permutation(m[k, 1])
         noisy.append(m)
-    images = tmp_path / "images"
-    images.mkdir()
-    for n in names:
-        cv2.imwrite(str(images / n), np.zeros((480, 640), np.uint8))
+    images = _blank_images(tmp_path, names)
     runs = []
     for out in ("a", "b"):
         s = reconstruct_from_features(
@@ -212,22 +215,23 @@ def test_a_failed_attempt_is_tried_again_with_the_next_seed(tmp_path, monkeypatc
 
     monkeypatch.setattr(module, "_verify_and_map", first_fails)
     names, features, _, pairs, matches = _synthetic_scene()
-    images = tmp_path / "images"
-    images.mkdir()
-    for n in names:
-        cv2.imwrite(str(images / n), np.zeros((480, 640), np.uint8))
-    s = module.reconstruct_from_features(
-        images,
-        names,
-        features,
-        tmp_path / "out",
-        matches=matches,
-        pair_list=pairs,
-        threads=1,
-        progress=False,
-        seed=7,
-        tries=3,
-    )
+    images = _blank_images(tmp_path, names)
+
+    def run(out, tries):
+        return module.reconstruct_from_features(
+            images,
+            names,
+            features,
+            tmp_path / out,
+            matches=matches,
+            pair_list=pairs,
+            threads=1,
+            progress=False,
+            seed=7,
+            tries=tries,
+        )
+
+    s = run("out", 3)
     assert seeds == [7, 8]  # stopped once every image registered
     assert s["seed"] == 8 and s["registered_images"] == len(names)
     assert s["attempts"] == [
@@ -235,18 +239,7 @@ def test_a_failed_attempt_is_tried_again_with_the_next_seed(tmp_path, monkeypatc
         {"seed": 8, "registered_images": len(names)},
     ]
     seeds.clear()
-    one = module.reconstruct_from_features(
-        images,
-        names,
-        features,
-        tmp_path / "one",
-        matches=matches,
-        pair_list=pairs,
-        threads=1,
-        progress=False,
-        seed=7,
-        tries=1,
-    )
+    one = run("one", 1)
     assert seeds == [7] and one["registered_images"] == 0 and one["points3d"] == 0
     assert not (tmp_path / "one" / "reconstruction.png").exists()
     with pytest.raises(InputError, match="tries"):
