@@ -416,6 +416,13 @@ def test_ship_a_run_and_its_multiscale_alias(tmp_path):
     a = loading.load_shipped("tiny_12", weights_dir=out).model.state_dict()
     b = loading.load_shipped("tiny", weights_dir=out).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # re-shipped under its own name (a new note): its own weights file, untouched
+    before = (out / "tiny.safetensors").read_bytes()
+    card = ship_model("tiny", "tiny", tmp_path / "eval", out_dir=out, force=True, note="again")
+    assert "weights" not in json.loads((out / "tiny.json").read_text())
+    assert "shared with" not in card.read_text() and "again" in card.read_text()
+    assert (out / "tiny.safetensors").read_bytes() == before
+    assert training in card.read_text()
 
 
 def test_detection_memory_grows_with_the_image_not_its_square():

@@ -150,6 +150,8 @@ def ship_model(
         loaded = load_shipped(str(run), weights_dir=out)
         meta = json.loads((out / f"{run}.json").read_text())
         weights_of = weights_of or str(meta.get("weights", run))
+        if weights_of == name:  # re-shipped under its own name: its own file, kept as is
+            weights_of = None
         state, model, method = None, loaded.model, loaded.method
         base_conf = meta["model"]
     else:
@@ -230,7 +232,7 @@ def ship_model(
         "",
     ]
     out.mkdir(parents=True, exist_ok=True)
-    if not weights_of:
+    if not weights_of and not (shipped_source and weights_file.is_file()):
         _write_safetensors(tensors, weights_file)
     path = write_atomic(out / f"{name}.md", "\n".join(card))
     write_atomic(out / f"{name}.json", json.dumps(meta, indent=1))
