@@ -13,8 +13,10 @@ SuperPoint config's crops and homography sampler), Adam at 1e-3, batch 8:
 - ``train``: the same network on a new pair each step, and variants changing one thing:
   the paper's weight against the config's (only the descriptor loss is trained, so the
   weight only scales the gradient: with Adam it should not matter), the positive radius
-  (``descriptor_threshold`` 8 against 4 px), the negative margin, and the hinge replaced by
-  a cross-entropy over cells (KP2D's, what trained UnsuperPoint).
+  (``descriptor_threshold`` 8 against 6 and 4 px, the latter also with ``lambda_d`` 1000
+  to give the fewer positives their weight back), ``lambda_d`` 60 and 15 at 8 px (the
+  positives' total weight of the 4-px run and less), the negative margin, and the hinge
+  replaced by a cross-entropy over cells (KP2D's, what trained UnsuperPoint).
 
 Logged per run: ``desc_recall`` (fraction of view-0 cells whose most similar view-1 cell is
 a positive: chance is about 3/300) and the mean dot product of positive and negative pairs,
@@ -180,6 +182,20 @@ def main() -> None:
             "net",
             "hinge",
             {**paper, "weight": 1.0, "threshold": 4.0},
+            "new",
+        ),
+        "train, positives < 4 px, lambda_d 1000": (
+            "net",
+            "hinge",
+            {**paper, "weight": 1.0, "threshold": 4.0, "lambda_d": 1000.0},
+            "new",
+        ),
+        "train, lambda_d 60": ("net", "hinge", {**paper, "weight": 1.0, "lambda_d": 60.0}, "new"),
+        "train, lambda_d 15": ("net", "hinge", {**paper, "weight": 1.0, "lambda_d": 15.0}, "new"),
+        "train, positives < 6 px": (
+            "net",
+            "hinge",
+            {**paper, "weight": 1.0, "threshold": 6.0},
             "new",
         ),
         "train, negative margin 0.5": (
