@@ -146,6 +146,13 @@ def _normalise(points: np.ndarray, K: np.ndarray) -> np.ndarray:
     return (_homogeneous(points) @ np.linalg.inv(np.asarray(K, np.float64)).T)[:, :2]
 
 
+def _cv_message(exc: Exception) -> str:
+    """OpenCV's own short message (``err``) when it belongs to this error: the attribute
+    can be left over from an earlier error when one is raised from Python."""
+    err = getattr(exc, "err", None)
+    return err if err and err in str(exc) else str(exc).strip()
+
+
 def estimate_relative_pose(
     points0: np.ndarray,
     points1: np.ndarray,
@@ -192,7 +199,7 @@ def estimate_relative_pose(
             n0, n1, np.eye(3), method=cv2.RANSAC, prob=confidence, threshold=threshold / focal
         )
     except cv2.error as exc:  # see Returns
-        return PoseEstimate(None, None, none, False, f"OpenCV: {getattr(exc, 'err', None) or exc}")
+        return PoseEstimate(None, None, none, False, f"OpenCV: {_cv_message(exc)}")
     if E is None or mask is None:
         return PoseEstimate(None, None, none, False, "no essential matrix found")
     best: PoseEstimate | None = None
