@@ -203,6 +203,23 @@ def test_superpoint_loss_total_uses_paper_weights():
     assert L.DEFAULT_CONF["lambda_d"] == 250 and L.DEFAULT_CONF["margin_negative"] == 0.2
 
 
+def test_lambda_d_scaled_with_the_cell_count():
+    # 120x160 has 15 x 20 = 300 cells, a quarter of the paper's 1200 at 240x320
+    assert L.scaled_lambda_d(250.0, 1200, torch.Size([8, 128, 15, 20])) == 62.5
+    assert L.scaled_lambda_d(250.0, 1200, torch.Size([8, 128, 30, 40])) == 250.0
+    assert L.scaled_lambda_d(250.0, 0, torch.Size([8, 128, 15, 20])) == 250.0  # off
+    torch.manual_seed(0)
+    km, H = _labelled_pair()
+    model = SuperPoint({**TINY, "descriptor_dim": 16})
+    p0 = model({"image": torch.rand(2, 1, 32, 48)})  # 4 x 6 = 24 cells
+    p1 = model({"image": torch.rand(2, 1, 32, 48)})
+    conf = {"random_ties": False}
+    scaled, _ = L.superpoint_loss(p0, p1, km, km, H, conf={**conf, "lambda_d_cells": 96})
+    plain, _ = L.superpoint_loss(p0, p1, km, km, H, conf={**conf, "lambda_d": 62.5})
+    torch.testing.assert_close(scaled["descriptor"], plain["descriptor"])
+    assert L.DEFAULT_CONF["lambda_d_cells"] == 0  # the paper's loss unless asked
+
+
 # ----------------------------------------------------------------------- NMS
 
 

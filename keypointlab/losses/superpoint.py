@@ -26,6 +26,9 @@ Totals::
     SuperPoint:  L_p(view 0) + L_p(view 1) + descriptor_weight * L_d
     MagicPoint:  L_p averaged over all its images
 
+``lambda_d_cells`` (off by default) scales ``lambda_d`` with the number of cells, see
+:func:`scaled_lambda_d`.
+
 Weights (:data:`DEFAULT_CONF`) are the paper's: ``lambda_d = 250``, ``m_p = 1``,
 ``m_n = 0.2`` and ``lambda = descriptor_weight = 0.0001``; the same values are the model
 defaults of rpautrat/SuperPoint (``lambda_loss: 0.0001``), whose later COCO config moved to
@@ -58,6 +61,9 @@ DEFAULT_CONF: dict[str, Any] = {
     "margin_positive": 1.0,
     "margin_negative": 0.2,
     "descriptor_threshold": 8.0,  # px (strictly less) between cell centres of positive pairs
+    # > 0: lambda_d is meant for images of this many cells and scales with the actual
+    # count (1200: the paper's 240x320); 0: lambda_d as given
+    "lambda_d_cells": 0,
 }
 
 
@@ -214,6 +220,20 @@ def descriptor_loss(
     return loss, metrics
 
 
+def scaled_lambda_d(lambda_d: float, reference_cells: int, shape: torch.Size) -> float:
+    """``lambda_d`` for descriptor maps of ``shape`` ``(B, D, Hc, Wc)``.
+
+    Over all cell pairs of an image of ``N`` cells the positives (about three per cell at
+    8 px) weigh about ``3 lambda_d N`` against ``N^2`` negatives of weight 1: the balance
+    ``3 lambda_d / N`` depends on the image size. With ``reference_cells > 0`` the weight
+    keeps the balance it has at that many cells (the paper's 250 at 240x320, 1200 cells:
+    62.5 at 120x160); 0 leaves it as given (benchmarks/README.md, SuperPoint diagnosis).
+    """
+    if reference_cells <= 0:
+        return float(lambda_d)
+    return float(lambda_d) * shape[-2] * shape[-1] / reference_cells
+
+
 def magicpoint_loss(
     logits: torch.Tensor,
     keypoint_map: torch.Tensor,
@@ -277,7 +297,7 @@ def superpoint_loss(
         gt,
         valid_mask0,
         valid_mask1,
-        c["lambda_d"],
+        scaled_lambda_d(c["lambda_d"], c["lambda_d_cells"], pred0["descriptors"].shape),
         c["margin_positive"],
         c["margin_negative"],
         c["descriptor_threshold"],
