@@ -15,16 +15,17 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pycolmap
 
-from keypointlab.sfm.reconstruct import scene_images
+from keypointlab.data.multiview import scene_cameras, scene_images
+from keypointlab.sfm.reconstruct import verify_and_map
 
 
-def run(database: Path, image_dir: Path, seed: int, threads: int) -> dict:
-    """Verification and incremental mapping of a copy of ``database`` with ``seed``."""
+def run(database: Path, image_dir: Path, seed: int, threads: int, known: bool) -> dict:
+    """Verification and incremental mapping (:func:`verify_and_map`, as ``reconstruct``
+    runs them) of a copy of ``database`` without its two-view geometries, with ``seed``."""
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "database.db"
         shutil.copyfile(database, db)
@@ -39,25 +40,16 @@ def run(database: Path, image_dir: Path, seed: int, threads: int) -> dict:
             i, j = pycolmap.pair_id_to_image_pair(pair_id)
             lines.append(f"{by_id[i]} {by_id[j]}\n")
         pairs.write_text("".join(lines))
-        t0 = time.perf_counter()
-        verify = pycolmap.TwoViewGeometryOptions()
-        verify.ransac.random_seed = seed
-        pycolmap.verify_matches(str(db), str(pairs), verify)
-        options = pycolmap.IncrementalPipelineOptions()
-        options.num_threads = threads
-        options.random_seed = seed
-        (Path(tmp) / "sparse").mkdir()
-        models = pycolmap.incremental_mapping(
-            str(db), str(image_dir), str(Path(tmp) / "sparse"), options
+        best, models, seconds = verify_and_map(
+            pycolmap, db, image_dir, pairs, Path(tmp) / "sparse", seed, threads, known
         )
-        best = max(models.values(), key=lambda r: r.num_reg_images(), default=None)
         return {
             "seed": seed,
             "registered": best.num_reg_images() if best else 0,
             "images": len(by_id),
-            "models": len(models),
+            "models": models,
             "points": best.num_points3D() if best else 0,
-            "seconds": time.perf_counter() - t0,
+            "seconds": sum(seconds),
         }
 
 
@@ -71,7 +63,8 @@ def main() -> None:
     args = ap.parse_args()
     pycolmap.logging.minloglevel = 2
     images = args.images or Path("../shared/data/sfm") / args.run.parent.name
-    image_dir, _ = scene_images(images)
+    image_dir, paths = scene_images(images)
+    known = bool(scene_cameras(images, paths))  # known intrinsics stay fixed, as in reconstruct
     lines = [
         f"`python benchmarks/sfm_seeds.py {args.run} --seeds {' '.join(map(str, args.seeds))} "
         f"--threads {args.threads}`: the run's matches verified and mapped again per seed.",
@@ -80,7 +73,7 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for seed in args.seeds:
-        r = run(args.run / "database.db", image_dir, seed, args.threads)
+        r = run(args.run / "database.db", image_dir, seed, args.threads, known)
         lines.append(
             f"| {r['seed']} | {r['registered']}/{r['images']} | {r['models']} | {r['points']} | "
             f"{r['seconds']:.0f} |"

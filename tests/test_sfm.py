@@ -204,7 +204,7 @@ def test_a_failed_attempt_is_tried_again_with_the_next_seed(tmp_path, monkeypatc
 
     module = importlib.import_module("keypointlab.sfm.reconstruct")
 
-    real, seeds = module._verify_and_map, []
+    real, seeds = module.verify_and_map, []
 
     def first_fails(pycolmap, db, image_dir, pairs_txt, sparse, seed, threads, known):
         seeds.append(seed)
@@ -213,7 +213,7 @@ def test_a_failed_attempt_is_tried_again_with_the_next_seed(tmp_path, monkeypatc
             return None, 0, (0.0, 0.0)
         return real(pycolmap, db, image_dir, pairs_txt, sparse, seed, threads, known)
 
-    monkeypatch.setattr(module, "_verify_and_map", first_fails)
+    monkeypatch.setattr(module, "verify_and_map", first_fails)
     names, features, _, pairs, matches = _synthetic_scene()
     images = _blank_images(tmp_path, names)
 

@@ -280,7 +280,7 @@ def _figure(
     )
 
 
-def _verify_and_map(
+def verify_and_map(
     pycolmap: Any,
     db: Path,
     image_dir: Path,
@@ -365,7 +365,7 @@ def reconstruct_from_features(
         for attempt in range(tries):
             try_db = work / f"try{attempt}.db"
             shutil.copyfile(db_path, try_db)
-            rec, models, sec = _verify_and_map(
+            rec, models, sec = verify_and_map(
                 pycolmap,
                 try_db,
                 image_dir,
