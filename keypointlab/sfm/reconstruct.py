@@ -18,7 +18,8 @@
    keypoints (shifted by half a pixel: COLMAP puts the first pixel's centre at 0.5,
    KeypointLab at 0) and the matches; COLMAP's geometric verification
    (``verify_matches``) then its incremental mapping, both RANSAC-seeded by ``seed`` (the
-   same inputs give the same model). When the largest model leaves images out, both run
+   same inputs and thread count give the same model; on Lund another thread count gave
+   another outcome). When the largest model leaves images out, both run
    again with the next seed, up to ``tries`` times in all, and the attempt registering the
    most images is kept (``summary["attempts"]``): on the Lund street walk how many images
    register depends on the seed (2 or 29 of 29, benchmarks/README.md);
@@ -62,6 +63,7 @@ MATCHERS = ("mnn", "ratio")
 RATIO = 0.8
 MAX_IMAGES = 5000  # an exhaustive pair list grows with the square
 MAX_TRIES = 20  # verification and mapping attempts (seeds)
+FAR_OFF = 10.0  # a camera this many times the median distance from the median centre
 
 
 def _pycolmap() -> Any:
@@ -194,9 +196,6 @@ def _database(
                 db.write_matches(ids[i], ids[j], m.astype(np.uint32))
     finally:
         db.close()
-
-
-FAR_OFF = 10.0  # a camera this many times the median distance from the median centre
 
 
 def far_off(centres: np.ndarray, factor: float = FAR_OFF) -> np.ndarray:
